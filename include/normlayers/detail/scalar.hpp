@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <type_traits>
+
+#include <unsupported/Eigen/CXX11/Tensor>
+
+namespace normlayers::detail {
+
+// The type statistics and sums are accumulated in (PyTorch's opmath_t):
+// float for the 16-bit types, the scalar itself otherwise.
+template <typename Scalar>
+struct accumulator {
+  using type = Scalar;
+};
+template <>
+struct accumulator<Eigen::half> {
+  using type = float;
+};
+template <>
+struct accumulator<Eigen::bfloat16> {
+  using type = float;
+};
+template <typename Scalar>
+using acc_t = typename accumulator<Scalar>::type;
+
+// The type of learnable parameters and their gradients: the accumulator type, so
+// half/bfloat16 activations keep float weights as in mixed-precision training.
+template <typename Scalar>
+using param_t = acc_t<Scalar>;
+
+template <typename Scalar>
+inline constexpr bool is_supported_scalar_v =
+    std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>;
+
+}  // namespace normlayers::detail

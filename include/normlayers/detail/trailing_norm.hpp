@@ -1,0 +1,178 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// The shared driver of the norms over trailing dims with per-element affine
+// parameters (LayerNorm, RMSNorm): validation, the canonical view, the
+// parameter order for column-major inputs, and the loops over statistic
+// blocks that call the kernels. `Centered` selects LayerNorm (mean and
+// variance) or RMSNorm (mean square, no mean).
+
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include <normlayers/detail/kernels/backward.hpp>
+#include <normlayers/detail/kernels/moments.hpp>
+#include <normlayers/detail/kernels/normalize.hpp>
+#include <normlayers/detail/scalar.hpp>
+#include <normlayers/detail/tensor.hpp>
+#include <normlayers/detail/view.hpp>
+#include <normlayers/errors.hpp>
+#include <normlayers/span.hpp>
+
+namespace normlayers::detail {
+
+inline Index product(const std::vector<Index>& dims) {
+  return std::accumulate(dims.begin(), dims.end(), Index(1), std::multiplies<Index>());
+}
+
+inline void check_normalized_shape(const char* layer, const std::vector<Index>& normalized_shape) {
+  if (normalized_shape.empty())
+    throw_invalid(layer, "normalized_shape is empty, expected at least one dim");
+  for (Index d : normalized_shape)
+    if (d <= 0)
+      throw_invalid(layer, "normalized_shape is ", dims_text{normalized_shape},
+                    ", expected positive extents");
+}
+
+// Geometry of an input normalized over its trailing `normalized_shape`.
+struct TrailingGeometry {
+  View view;
+  Index rows = 0;  // number of statistics
+  Index size = 0;  // elements per statistic (product of normalized_shape)
+};
+
+template <typename X>
+TrailingGeometry trailing_geometry(const char* layer, const X& x,
+                                   const std::vector<Index>& normalized_shape) {
+  check_normalized_shape(layer, normalized_shape);
+  const std::vector<Index> dims = dims_of(x);
+  const std::size_t k = normalized_shape.size();
+  bool ok = dims.size() >= k;
+  for (std::size_t i = 0; ok && i < k; ++i) ok = dims[dims.size() - k + i] == normalized_shape[i];
+  if (!ok)
+    throw_invalid(layer, "input has dims ", dims_text{dims}, ", expected trailing dims ",
+                  dims_text{normalized_shape}, " (normalized_shape)");
+  std::vector<bool> reduced(dims.size(), false);
+  for (std::size_t i = dims.size() - k; i < dims.size(); ++i) reduced[i] = true;
+  TrailingGeometry g;
+  g.view = make_view(dims, tensor_traits<X>::row_major, reduced);
+  g.size = product(normalized_shape);
+  g.rows = product(dims) / (g.size > 0 ? g.size : 1);
+  return g;
+}
+
+template <typename A, typename B>
+void check_same_dims(const char* layer, const char* what, const A& a, const char* ref_name,
+                     const B& ref) {
+  static_assert(tensor_traits<A>::rank == tensor_traits<B>::rank, "tensors must have one rank");
+  static_assert(tensor_traits<A>::layout == tensor_traits<B>::layout,
+                "tensors must have one storage order");
+  static_assert(std::is_same_v<scalar_of<A>, scalar_of<B>>, "tensors must have one scalar type");
+  const auto da = dims_of(a), db = dims_of(ref);
+  if (da != db)
+    throw_invalid(layer, what, " has dims ", dims_text{da}, ", expected ", dims_text{db}, " (",
+                  ref_name, ")");
+}
+
+template <typename T>
+void check_size(const char* layer, const char* what, span<T> s, Index expected,
+                const char* meaning) {
+  if (s && s.size() != expected)
+    throw_invalid(layer, what, " has ", s.size(), " elements, expected ", expected, " (", meaning,
+                  ")");
+}
+
+// PyTorch orders per-element parameters row-major over normalized_shape. A
+// column-major input visits the normalized elements in column-major order; this
+// is the row-major index of each in that visiting order (empty when identical).
+inline std::vector<Index> param_order(const std::vector<Index>& normalized_shape, bool row_major) {
+  const std::size_t k = normalized_shape.size();
+  if (row_major || k < 2) return {};
+  const Index n = product(normalized_shape);
+  std::vector<Index> order(static_cast<std::size_t>(n));
+  std::vector<Index> idx(k, 0);  // logical multi-index, first dim fastest
+  for (Index s = 0; s < n; ++s) {
+    Index flat = 0;
+    for (std::size_t i = 0; i < k; ++i) flat = flat * normalized_shape[i] + idx[i];
+    order[static_cast<std::size_t>(s)] = flat;
+    for (std::size_t i = 0; i < k && ++idx[i] == normalized_shape[i]; ++i) idx[i] = 0;
+  }
+  return order;
+}
+
+// The parameters in visiting order: a pointer into `p` itself, or into `buf`.
+template <typename P>
+const P* params_in_order(span<const P> p, const std::vector<Index>& order, std::vector<P>& buf) {
+  if (!p || order.empty()) return p.data();
+  buf.resize(order.size());
+  for (std::size_t s = 0; s < order.size(); ++s) buf[s] = p[order[s]];
+  return buf.data();
+}
+
+// Forward on a validated geometry. mean may be null (RMSNorm, or not wanted);
+// rstd may be null (not wanted).
+template <bool Centered, typename T, typename P, typename Acc>
+void trailing_norm_forward(const TrailingGeometry& g, const std::vector<Index>& order,
+                           const T* x, T* y, span<const P> weight, span<const P> bias, Acc eps,
+                           Acc* mean_out, Acc* rstd_out) {
+  const View& v = g.view;
+  if (v.size() == 0) return;
+  std::vector<P> weight_buf, bias_buf;
+  const P* gamma = params_in_order(weight, order, weight_buf);
+  const P* beta = params_in_order(bias, order, bias_buf);
+  const kernels::Block b{1, v.S, v.T, 0};
+  const Acc m = static_cast<Acc>(v.S);
+  std::vector<Acc> mean(static_cast<std::size_t>(v.T)), m2(mean.size()), scratch(mean.size());
+  for (Index p = 0; p < v.P; ++p) {
+    const Index offset = v.block_offset(p, 0);
+    kernels::block_moments<Centered>(x + offset, b, mean.data(), m2.data(), scratch.data());
+    for (Index t = 0; t < v.T; ++t) m2[static_cast<std::size_t>(t)] =
+        Acc(1) / std::sqrt(m2[static_cast<std::size_t>(t)] / m + eps);  // m2 now holds rstd
+    kernels::normalize_block_affine_s(x + offset, y + offset, v.S, v.T, mean.data(), m2.data(),
+                                      gamma, beta);
+    const Index stat = v.stat_offset(p, 0);
+    if (mean_out && Centered) std::copy(mean.begin(), mean.end(), mean_out + stat);
+    if (rstd_out) std::copy(m2.begin(), m2.end(), rstd_out + stat);
+  }
+}
+
+// Backward on a validated geometry; dgamma/dbeta are added into weight_grad/bias_grad.
+template <bool Centered, typename T, typename P, typename Acc>
+void trailing_norm_backward(const TrailingGeometry& g, const std::vector<Index>& order,
+                            const T* x, const T* dy, T* dx, span<const P> weight,
+                            const Acc* mean, const Acc* rstd, span<P> weight_grad,
+                            span<P> bias_grad) {
+  const View& v = g.view;
+  if (v.size() == 0) return;
+  std::vector<P> weight_buf;
+  const P* gamma = params_in_order(weight, order, weight_buf);
+  const auto n = static_cast<std::size_t>(v.S);
+  // Parameter gradients: per chunk of rows a partial sum, added into the total
+  // in chunk order (fixed, whatever the thread count will be).
+  constexpr Index chunk_rows = 32;
+  std::vector<Acc> dgamma_total(weight_grad ? n : 0), dbeta_total(bias_grad ? n : 0);
+  std::vector<Acc> dgamma(dgamma_total.size()), dbeta(dbeta_total.size());
+  std::vector<Acc> scratch(static_cast<std::size_t>(4 * v.T));
+  for (Index p0 = 0; p0 < v.P; p0 += chunk_rows) {
+    std::fill(dgamma.begin(), dgamma.end(), Acc(0));
+    std::fill(dbeta.begin(), dbeta.end(), Acc(0));
+    for (Index p = p0; p < std::min(v.P, p0 + chunk_rows); ++p) {
+      const Index offset = v.block_offset(p, 0), stat = v.stat_offset(p, 0);
+      kernels::backward_block_affine_s<Centered>(
+          x + offset, dy + offset, dx + offset, v.S, v.T, Centered ? mean + stat : nullptr,
+          rstd + stat, gamma, weight_grad ? dgamma.data() : nullptr,
+          bias_grad ? dbeta.data() : nullptr, scratch.data());
+    }
+    for (std::size_t s = 0; s < dgamma.size(); ++s) dgamma_total[s] += dgamma[s];
+    for (std::size_t s = 0; s < dbeta.size(); ++s) dbeta_total[s] += dbeta[s];
+  }
+  auto scatter = [&](span<P> out, const std::vector<Acc>& in) {
+    for (std::size_t s = 0; s < in.size(); ++s)
+      out[order.empty() ? static_cast<Index>(s) : order[s]] += static_cast<P>(in[s]);
+  };
+  if (weight_grad) scatter(weight_grad, dgamma_total);
+  if (bias_grad) scatter(bias_grad, dbeta_total);
+}
+
+}  // namespace normlayers::detail

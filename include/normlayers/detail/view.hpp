@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// The canonical view. Every normalization here computes statistics over some
+// axes of a tensor and is indexed by the others. Read in memory order (slowest
+// axis first), after dropping unit axes and merging neighbours of the same kind,
+// the axes alternate between "statistic" and "reduced" and fit the 5-level block
+//
+//     [P, Q, R, S, T]   statistics indexed by (p, r, t), reduced over (q, s)
+//     offset(p, q, r, s, t) = (((p*Q + q)*R + r)*S + s)*T + t
+//
+// DESIGN.md's [P, Q, R, S] is the case T = 1; T > 1 arises when the innermost
+// memory axis indexes statistics (channels-last BatchNorm, column-major
+// LayerNorm), and then kernels run vector lanes across t. Statistics are stored
+// in the order (p*R + r)*T + t, i.e. the memory order of the statistic axes in
+// the input.
+//
+// Canonical form: when R == 1 the reduced levels merge (Q*S -> S), and when
+// S == 1 the statistic levels merge (R*T -> T), so there are two families:
+//   rows     Q == 1, R == 1, T == 1: contiguous runs of S reduced values
+//   general  anything else: per (p, r) a block of Q runs of S*T values, lanes
+//            across t (T may be 1 with Q, R > 1, e.g. BatchNorm NCHW).
+
+#include <array>
+#include <vector>
+
+#include <unsupported/Eigen/CXX11/Tensor>
+
+namespace normlayers::detail {
+
+using Index = Eigen::Index;
+
+struct View {
+  Index P = 1, Q = 1, R = 1, S = 1, T = 1;
+
+  Index num_stats() const { return P * R * T; }
+  Index reduced_size() const { return Q * S; }
+  Index size() const { return P * Q * R * S * T; }
+  bool is_rows() const { return Q == 1 && R == 1 && T == 1; }
+
+  // The block of one (p, r): Q runs of S*T values, consecutive runs q_stride apart.
+  Index block_offset(Index p, Index r) const { return (p * Q * R + r) * S * T; }
+  Index q_stride() const { return R * S * T; }
+  Index stat_offset(Index p, Index r) const { return (p * R + r) * T; }
+};
+
+// Builds the view of a tensor with extents `dims` (logical order) and storage
+// order `row_major`, whose axes with reduced[i] == true are reduced.
+inline View make_view(const std::vector<Index>& dims, bool row_major,
+                      const std::vector<bool>& reduced) {
+  // Memory order, slowest first; unit axes dropped; same-kind neighbours merged.
+  std::vector<Index> sizes;
+  std::vector<bool> kinds;
+  const auto rank = dims.size();
+  for (std::size_t k = 0; k < rank; ++k) {
+    const std::size_t i = row_major ? k : rank - 1 - k;
+    if (dims[i] == 1) continue;
+    if (!kinds.empty() && kinds.back() == reduced[i]) {
+      sizes.back() *= dims[i];
+    } else {
+      sizes.push_back(dims[i]);
+      kinds.push_back(reduced[i]);
+    }
+  }
+  // Place the alternating sequence into [P, Q, R, S, T], starting at P (a
+  // statistic level) or at Q (a reduced level).
+  std::array<Index, 5> level{1, 1, 1, 1, 1};
+  std::size_t at = (!kinds.empty() && kinds.front()) ? 1 : 0;
+  for (std::size_t k = 0; k < sizes.size(); ++k, ++at) {
+    // Five alternating levels hold every layer here (at most three statistic
+    // runs and two reduced runs); anything else is a bug in the caller.
+    eigen_assert(at < level.size() && "normalization axes do not fit the canonical view");
+    level[at] = sizes[k];
+  }
+  View v{level[0], level[1], level[2], level[3], level[4]};
+  if (v.S == 1) {  // (p, q, r, t): fold r into the lanes
+    v.T *= v.R;
+    v.R = 1;
+  }
+  if (v.R == 1) {  // reduced levels are adjacent: merge them
+    v.S *= v.Q;
+    v.Q = 1;
+  }
+  return v;
+}
+
+}  // namespace normlayers::detail

@@ -1,0 +1,12 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// normlayers: normalization layers over Eigen tensors. Umbrella header.
+
+#include <normlayers/errors.hpp>
+#include <normlayers/functional.hpp>
+#include <normlayers/layer_norm.hpp>
+#include <normlayers/mode.hpp>
+#include <normlayers/options.hpp>
+#include <normlayers/rms_norm.hpp>
+#include <normlayers/span.hpp>
