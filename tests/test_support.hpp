@@ -1,0 +1,222 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// Helpers shared by the tests: typed-test configurations, random data,
+// conversion between Eigen tensors (either storage order) and logical
+// row-major vectors, tolerant comparisons, and central-difference gradients.
+
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <functional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <typeinfo>
+#include <vector>
+
+#include <unsupported/Eigen/CXX11/Tensor>
+
+namespace test {
+
+using Index = Eigen::Index;
+using Vec = std::vector<double>;
+
+template <typename Scalar, int Layout>
+struct Config {
+  using scalar = Scalar;
+  static constexpr int layout = Layout;
+  // Agreement with the double reference: float to 1e-5 relative (PyTorch's
+  // float tolerance), double to rounding.
+  static constexpr double tol = std::is_same_v<Scalar, float> ? 1e-5 : 1e-11;
+};
+using Configs =
+    ::testing::Types<Config<float, Eigen::RowMajor>, Config<float, Eigen::ColMajor>,
+                     Config<double, Eigen::RowMajor>, Config<double, Eigen::ColMajor>>;
+
+struct ConfigNames {
+  template <typename C>
+  static std::string GetName(int) {
+    return std::string(std::is_same_v<typename C::scalar, float> ? "float" : "double") +
+           (C::layout == Eigen::RowMajor ? "_row" : "_col");
+  }
+};
+
+inline Vec random_vec(std::size_t n, unsigned seed, double mean = 0.0, double stddev = 1.0) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> dist(mean, stddev);
+  Vec v(n);
+  for (double& x : v) x = dist(gen);
+  return v;
+}
+
+template <std::size_t Rank>
+Index numel(const std::array<Index, Rank>& dims) {
+  Index n = 1;
+  for (Index d : dims) n *= d;
+  return n;
+}
+
+// Visits every element of t in logical row-major order: f(flat, multi_index).
+template <typename T, typename F>
+void for_each_logical(const T& t, F f) {
+  constexpr int rank = Eigen::internal::traits<T>::NumDimensions;
+  std::array<Index, rank> idx{};
+  const Index n = t.size();
+  for (Index flat = 0; flat < n; ++flat) {
+    f(flat, idx);
+    for (int k = rank - 1; k >= 0; --k) {
+      if (++idx[std::size_t(k)] < t.dimension(k)) break;
+      idx[std::size_t(k)] = 0;
+    }
+  }
+}
+
+template <typename T>
+Vec logical(const T& t) {
+  Vec v(std::size_t(t.size()));
+  for_each_logical(t, [&](Index flat, const auto& idx) { v[std::size_t(flat)] = double(t(idx)); });
+  return v;
+}
+
+template <typename T>
+void set_logical(T& t, const Vec& v) {
+  using S = typename Eigen::internal::traits<T>::Scalar;
+  for_each_logical(t, [&](Index flat, const auto& idx) { t(idx) = S(v[std::size_t(flat)]); });
+}
+
+template <typename Scalar, int Layout, std::size_t Rank>
+Eigen::Tensor<Scalar, int(Rank), Layout> make_tensor(const std::array<Index, Rank>& dims,
+                                                     const Vec& values) {
+  Eigen::Tensor<Scalar, int(Rank), Layout> t(dims);
+  set_logical(t, values);
+  return t;
+}
+
+template <typename Scalar>
+Eigen::Tensor<Scalar, 1> make_vector(const Vec& values) {
+  Eigen::Tensor<Scalar, 1> t(Index(values.size()));
+  for (std::size_t i = 0; i < values.size(); ++i) t(Index(i)) = Scalar(values[i]);
+  return t;
+}
+
+template <typename T>
+Vec to_vec(const T& t) {
+  Vec v(std::size_t(t.size()));
+  for (Index i = 0; i < t.size(); ++i) v[std::size_t(i)] = double(t.data()[i]);
+  return v;
+}
+
+// |got - want| <= atol + rtol * |want| everywhere; reports the worst element.
+inline ::testing::AssertionResult all_close(const Vec& got, const Vec& want, double rtol,
+                                            double atol) {
+  if (got.size() != want.size())
+    return ::testing::AssertionFailure() << "size " << got.size() << " vs " << want.size();
+  std::size_t bad = 0, worst = 0;
+  double worst_excess = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const double err = std::abs(got[i] - want[i]);
+    const double allowed = atol + rtol * std::abs(want[i]);
+    if (!(err <= allowed)) {
+      ++bad;
+      if (!(err - allowed <= worst_excess)) worst_excess = err - allowed, worst = i;
+    }
+  }
+  if (bad == 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << bad << " of " << got.size() << " elements differ; worst at " << worst << ": got "
+         << got[worst] << ", want " << want[worst] << " (rtol " << rtol << ", atol " << atol << ")";
+}
+
+inline double max_abs(const Vec& v) {
+  double m = 0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+// Central differences of a scalar function at x (the gradient check of
+// torch.autograd.gradcheck: step 1e-6).
+inline Vec numeric_gradient(const std::function<double(const Vec&)>& f, Vec x,
+                            double step = 1e-6) {
+  Vec g(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double saved = x[i];
+    x[i] = saved + step;
+    const double up = f(x);
+    x[i] = saved - step;
+    const double down = f(x);
+    x[i] = saved;
+    g[i] = (up - down) / (2 * step);
+  }
+  return g;
+}
+
+inline double dot(const Vec& a, const Vec& b) {
+  double s = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+// Gradcheck tolerances (torch.autograd.gradcheck's defaults).
+inline constexpr double grad_atol = 1e-5;
+inline constexpr double grad_rtol = 1e-3;
+
+// Runs `f` and checks it throws E with every piece of `parts` in its message.
+template <typename E, typename F>
+::testing::AssertionResult throws_with(F&& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    if (typeid(e) != typeid(E))
+      return ::testing::AssertionFailure() << "threw " << typeid(e).name() << " instead of "
+                                           << typeid(E).name() << ": " << e.what();
+    const std::string msg = e.what();
+    for (const auto& p : parts)
+      if (msg.find(p) == std::string::npos)
+        return ::testing::AssertionFailure() << "message \"" << msg << "\" lacks \"" << p << '"';
+    return ::testing::AssertionSuccess();
+  }
+  return ::testing::AssertionFailure() << "did not throw";
+}
+
+}  // namespace test
+
+namespace test {
+
+// For a tensor normalized over its trailing k dims: where each row (logical,
+// row-major index over the leading dims) sits in the library's saved
+// statistics, which follow the input's storage order of the leading dims.
+template <std::size_t Rank>
+std::vector<std::size_t> row_positions(const std::array<Index, Rank>& dims, std::size_t k,
+                                       bool row_major) {
+  const std::size_t lead = Rank - k;
+  std::size_t rows = 1;
+  for (std::size_t i = 0; i < lead; ++i) rows *= std::size_t(dims[i]);
+  std::vector<std::size_t> pos(rows);
+  std::vector<Index> idx(lead, 0);
+  for (std::size_t r = 0; r < rows; ++r) {
+    std::size_t p = 0;
+    if (row_major) {
+      p = r;
+    } else {
+      for (std::size_t i = lead; i-- > 0;) p = p * std::size_t(dims[i]) + std::size_t(idx[i]);
+    }
+    pos[r] = p;
+    for (std::size_t i = lead; i-- > 0;) {
+      if (++idx[i] < dims[i]) break;
+      idx[i] = 0;
+    }
+  }
+  return pos;
+}
+
+template <typename T>
+Vec gather(const T& saved, const std::vector<std::size_t>& positions) {
+  Vec v(positions.size());
+  for (std::size_t i = 0; i < positions.size(); ++i) v[i] = double(saved.data()[positions[i]]);
+  return v;
+}
+
+}  // namespace test
