@@ -7,6 +7,8 @@
 
 namespace normlayers::detail {
 
+using Index = Eigen::Index;
+
 // The type statistics and sums are accumulated in (PyTorch's opmath_t):
 // float for the 16-bit types, the scalar itself otherwise.
 template <typename Scalar>

@@ -121,20 +121,16 @@ void trailing_norm_forward(const TrailingGeometry& g, const std::vector<Index>& 
   std::vector<P> weight_buf, bias_buf;
   const P* gamma = params_in_order(weight, order, weight_buf);
   const P* beta = params_in_order(bias, order, bias_buf);
-  const kernels::Block b{1, v.S, v.T, 0};
   const Acc m = static_cast<Acc>(v.S);
-  std::vector<Acc> mean(static_cast<std::size_t>(v.T)), m2(mean.size()), scratch(mean.size());
-  for (Index p = 0; p < v.P; ++p) {
-    const Index offset = v.block_offset(p, 0);
-    kernels::block_moments<Centered>(x + offset, b, mean.data(), m2.data(), scratch.data());
-    for (Index t = 0; t < v.T; ++t) m2[static_cast<std::size_t>(t)] =
-        Acc(1) / std::sqrt(m2[static_cast<std::size_t>(t)] / m + eps);  // m2 now holds rstd
-    kernels::normalize_block_affine_s(x + offset, y + offset, v.S, v.T, mean.data(), m2.data(),
+  std::vector<Acc> mean(static_cast<std::size_t>(v.T)), rstd(mean.size()), scratch(mean.size());
+  for_each_stat_block(v, [&](Index offset, Index stat, const kernels::Block& b) {
+    kernels::block_moments<Centered>(x + offset, b, mean.data(), rstd.data(), scratch.data());
+    for (Acc& r : rstd) r = Acc(1) / std::sqrt(r / m + eps);  // from M2
+    kernels::normalize_block_affine_s(x + offset, y + offset, v.S, v.T, mean.data(), rstd.data(),
                                       gamma, beta);
-    const Index stat = v.stat_offset(p, 0);
     if (mean_out && Centered) std::copy(mean.begin(), mean.end(), mean_out + stat);
-    if (rstd_out) std::copy(m2.begin(), m2.end(), rstd_out + stat);
-  }
+    if (rstd_out) std::copy(rstd.begin(), rstd.end(), rstd_out + stat);
+  });
 }
 
 // Backward on a validated geometry; dgamma/dbeta are added into weight_grad/bias_grad.

@@ -24,7 +24,7 @@
 #include <array>
 #include <vector>
 
-#include <unsupported/Eigen/CXX11/Tensor>
+#include <normlayers/detail/kernels/reduce.hpp>
 
 namespace normlayers::detail {
 
@@ -82,6 +82,16 @@ inline View make_view(const std::vector<Index>& dims, bool row_major,
     v.Q = 1;
   }
   return v;
+}
+
+// Calls f(offset, stat, block) for every statistic block (p, r) of the view, in
+// memory order: `offset` is the block's first element, `stat` the index of its
+// first statistic (lane t is statistic stat + t).
+template <typename F>
+void for_each_stat_block(const View& v, F f) {
+  const kernels::Block b{v.Q, v.S, v.T, v.q_stride()};
+  for (Index p = 0; p < v.P; ++p)
+    for (Index r = 0; r < v.R; ++r) f(v.block_offset(p, r), v.stat_offset(p, r), b);
 }
 
 }  // namespace normlayers::detail

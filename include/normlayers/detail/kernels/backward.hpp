@@ -90,3 +90,32 @@ void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lane
 }
 
 }  // namespace normlayers::detail::kernels
+
+namespace normlayers::detail::kernels {
+
+// Backward for norms whose affine parameters are constant over a statistic's
+// values (BatchNorm, InstanceNorm), over one block (see reduce.hpp).
+// Reduce: sums[t] = {sum dy, sum dy * (x - mean[t])}.
+template <typename T, typename Acc>
+void backward_reduce_block(const T* x, const T* dy, const Block& b, const Acc* mean,
+                           Sum2<Acc>* sums, Sum2<Acc>* scratch) {
+  reduce_block<Sum2<Acc>>(
+      b,
+      [&](Index i, Index t) {
+        const Acc d = static_cast<Acc>(dy[i]);
+        return Sum2<Acc>{d, d * (static_cast<Acc>(x[i]) - mean[t])};
+      },
+      sums, scratch);
+}
+
+// Apply: dx = k_dy[t] * dy + k_xc[t] * (x - mean[t]) + k_0[t]. dx may alias dy.
+template <typename T, typename Acc>
+void backward_apply_block(const T* x, const T* dy, T* dx, const Block& b, const Acc* mean,
+                          const Acc* k_dy, const Acc* k_xc, const Acc* k_0) {
+  for_each_in_block(b, [&](Index i, Index t) {
+    dx[i] = static_cast<T>(k_dy[t] * static_cast<Acc>(dy[i]) +
+                           k_xc[t] * (static_cast<Acc>(x[i]) - mean[t]) + k_0[t]);
+  });
+}
+
+}  // namespace normlayers::detail::kernels

@@ -36,3 +36,19 @@ void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, const Acc*
 }
 
 }  // namespace normlayers::detail::kernels
+
+namespace normlayers::detail::kernels {
+
+// Forward apply for norms whose affine parameters are constant over a
+// statistic's values (BatchNorm, InstanceNorm): over one block (see reduce.hpp),
+//   y = (x - mean[t]) * scale[t] + shift[t],
+// with scale = rstd * gamma and shift = beta precomputed per statistic. y may alias x.
+template <typename T, typename Acc>
+void normalize_block_per_stat(const T* x, T* y, const Block& b, const Acc* mean, const Acc* scale,
+                              const Acc* shift) {
+  for_each_in_block(b, [&](Index i, Index t) {
+    y[i] = static_cast<T>((static_cast<Acc>(x[i]) - mean[t]) * scale[t] + shift[t]);
+  });
+}
+
+}  // namespace normlayers::detail::kernels
