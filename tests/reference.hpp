@@ -79,4 +79,76 @@ inline RowNormGrads row_norm_backward(const Vec& x, const Vec& dy, std::size_t D
   return r;
 }
 
+// ---- per-channel norms (BatchNorm): x is logical row-major with extents
+// `dims`; statistics per index along `axis`.
+
+inline std::vector<std::size_t> channel_of_each(const std::vector<long>& dims, std::size_t axis) {
+  std::size_t n = 1, inner = 1;
+  for (long d : dims) n *= std::size_t(d);
+  for (std::size_t i = axis + 1; i < dims.size(); ++i) inner *= std::size_t(dims[i]);
+  std::vector<std::size_t> c(n);
+  for (std::size_t i = 0; i < n; ++i) c[i] = (i / inner) % std::size_t(dims[axis]);
+  return c;
+}
+
+struct ChannelNormResult {
+  Vec y, mean, var, rstd;  // var biased
+};
+
+// Batch statistics when fixed_mean is empty, else the fixed (running) ones.
+inline ChannelNormResult batch_norm_forward(const Vec& x, const std::vector<long>& dims,
+                                            std::size_t axis, const Vec& gamma, const Vec& beta,
+                                            double eps, const Vec& fixed_mean = {},
+                                            const Vec& fixed_var = {}) {
+  const std::size_t channels = std::size_t(dims[axis]);
+  const auto ch = channel_of_each(dims, axis);
+  ChannelNormResult r{Vec(x.size()), Vec(channels, 0.0), Vec(channels, 0.0), Vec(channels)};
+  if (fixed_mean.empty()) {
+    Vec count(channels, 0.0);
+    for (std::size_t i = 0; i < x.size(); ++i) r.mean[ch[i]] += x[i], count[ch[i]] += 1;
+    for (std::size_t c = 0; c < channels; ++c) r.mean[c] /= count[c];
+    for (std::size_t i = 0; i < x.size(); ++i)
+      r.var[ch[i]] += (x[i] - r.mean[ch[i]]) * (x[i] - r.mean[ch[i]]);
+    for (std::size_t c = 0; c < channels; ++c) r.var[c] /= count[c];
+  } else {
+    r.mean = fixed_mean;
+    r.var = fixed_var;
+  }
+  for (std::size_t c = 0; c < channels; ++c) r.rstd[c] = 1.0 / std::sqrt(r.var[c] + eps);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const std::size_t c = ch[i];
+    r.y[i] = (x[i] - r.mean[c]) * r.rstd[c] * (gamma.empty() ? 1.0 : gamma[c]) +
+             (beta.empty() ? 0.0 : beta[c]);
+  }
+  return r;
+}
+
+// Through the batch statistics (fixed_mean empty):
+//   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = gamma * dy;
+// with fixed statistics: dx = gamma * rstd * dy.
+inline RowNormGrads batch_norm_backward(const Vec& x, const Vec& dy, const std::vector<long>& dims,
+                                        std::size_t axis, const Vec& gamma, double eps,
+                                        const Vec& fixed_mean = {}, const Vec& fixed_var = {}) {
+  const std::size_t channels = std::size_t(dims[axis]);
+  const auto ch = channel_of_each(dims, axis);
+  const auto f = batch_norm_forward(x, dims, axis, {}, {}, eps, fixed_mean, fixed_var);
+  RowNormGrads r{Vec(x.size()), Vec(channels, 0.0), Vec(channels, 0.0)};
+  Vec mean_g(channels, 0.0), mean_gx(channels, 0.0), count(channels, 0.0);
+  auto g_at = [&](std::size_t i) { return dy[i] * (gamma.empty() ? 1.0 : gamma[ch[i]]); };
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    mean_g[ch[i]] += g_at(i);
+    mean_gx[ch[i]] += g_at(i) * f.y[i];
+    count[ch[i]] += 1;
+    r.dgamma[ch[i]] += dy[i] * f.y[i];
+    r.dbeta[ch[i]] += dy[i];
+  }
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const std::size_t c = ch[i];
+    r.dx[i] = fixed_mean.empty()
+                  ? f.rstd[c] * (g_at(i) - mean_g[c] / count[c] - f.y[i] * mean_gx[c] / count[c])
+                  : f.rstd[c] * g_at(i);
+  }
+  return r;
+}
+
 }  // namespace reference

@@ -17,9 +17,13 @@
 // - A violated precondition throws std::invalid_argument before anything is
 //   written.
 
+#include <algorithm>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
+#include <normlayers/detail/channel_norm.hpp>
+#include <normlayers/detail/running_stats.hpp>
 #include <normlayers/detail/scalar.hpp>
 #include <normlayers/detail/tensor.hpp>
 #include <normlayers/detail/trailing_norm.hpp>
@@ -123,6 +127,142 @@ void rms_norm_backward(const X& x, const DY& dy, DX&& dx, const Shape& normalize
                        span<param_of<X>> weight_grad = {}) {
   detail::trailing_backward_checked<false>("rms_norm_backward", x, dy, dx, normalized_shape,
                                            weight, {}, rrms, weight_grad, {});
+}
+
+namespace detail {
+
+// Validation shared by BatchNorm's functional form and module: the channel
+// axis (num_features < 0: any count), the output's dims, one value per channel
+// in every present span, and more than one value per channel when training.
+template <typename X, typename Y>
+ChannelGeometry batch_norm_geometry(const char* layer, const X& x, const Y& y, Index num_features,
+                                    bool channels_last, bool training) {
+  static_assert(is_supported_scalar_v<scalar_of<X>>, "normlayers supports float and double");
+  const ChannelGeometry g = channel_geometry(layer, x, num_features, channels_last);
+  check_same_dims(layer, "output", y, "the input's", x);
+  if (training && g.count == 1)
+    throw_invalid(layer, "expected more than 1 value per channel when training, got input of dims ",
+                  dims_text{dims_of(x)});
+  return g;
+}
+
+inline void check_per_channel(const char* layer, Index channels,
+                       std::initializer_list<std::pair<const char*, Index>> sizes) {
+  for (const auto& [name, size] : sizes)
+    if (size >= 0 && size != channels)
+      throw_invalid(layer, name, " has ", size, " elements, expected ", channels,
+                    " (one per channel)");
+}
+
+template <typename T>
+Index size_if(span<T> s) {
+  return s ? s.size() : Index(-1);
+}
+
+// Normalizes x into y with batch statistics (batch_stats) or with the given
+// per-channel mean/var; fills mean, biased var and rstd per channel (NaN for an
+// empty input). Validated arguments only.
+template <typename X, typename Y>
+void batch_norm_run(const ChannelGeometry& g, const X& x, Y& y, span<const param_of<X>> weight,
+                    span<const param_of<X>> bias, bool batch_stats,
+                    span<const param_of<X>> stats_mean, span<const param_of<X>> stats_var,
+                    double eps, acc_of<X>* mean, acc_of<X>* var, acc_of<X>* rstd) {
+  using Acc = acc_of<X>;
+  if (g.view.size() == 0) {
+    std::fill(mean, mean + g.channels, std::numeric_limits<Acc>::quiet_NaN());
+    std::fill(var, var + g.channels, std::numeric_limits<Acc>::quiet_NaN());
+    std::fill(rstd, rstd + g.channels, std::numeric_limits<Acc>::quiet_NaN());
+    return;
+  }
+  channel_norm_forward(g.view, x.data(), y.data(), weight.data(), bias.data(),
+                       static_cast<Acc>(eps), batch_stats, stats_mean.data(), stats_var.data(),
+                       mean, var, rstd);
+}
+
+// Backward of batch_norm_run given its mean and rstd; adds into weight_grad/bias_grad.
+template <typename X, typename DY, typename DX>
+void batch_norm_backward_checked(const char* layer, const X& x, const DY& dy, DX& dx,
+                                 Index num_features, bool channels_last,
+                                 span<const param_of<X>> weight, span<const acc_of<X>> mean,
+                                 span<const acc_of<X>> rstd, bool batch_stats,
+                                 span<param_of<X>> weight_grad, span<param_of<X>> bias_grad) {
+  using Acc = acc_of<X>;
+  static_assert(is_supported_scalar_v<scalar_of<X>>, "normlayers supports float and double");
+  const ChannelGeometry g = channel_geometry(layer, x, num_features, channels_last);
+  check_same_dims(layer, "grad_output", dy, "the input's", x);
+  check_same_dims(layer, "grad_input", dx, "the input's", x);
+  check_per_channel(layer, g.channels,
+                      {{"weight", size_if(weight)}, {"weight_grad", size_if(weight_grad)},
+                       {"bias_grad", size_if(bias_grad)}, {"mean", mean.size()},
+                       {"rstd", rstd.size()}});
+  if (g.view.size() == 0) return;
+  const auto c = static_cast<std::size_t>(g.channels);
+  std::vector<Acc> dgamma(weight_grad ? c : 0), dbeta(bias_grad ? c : 0);
+  channel_norm_backward(g.view, x.data(), dy.data(), dx.data(), weight.data(), mean.data(),
+                        rstd.data(), batch_stats, weight_grad ? dgamma.data() : nullptr,
+                        bias_grad ? dbeta.data() : nullptr);
+  for (std::size_t i = 0; i < dgamma.size(); ++i) weight_grad[Index(i)] += static_cast<param_of<X>>(dgamma[i]);
+  for (std::size_t i = 0; i < dbeta.size(); ++i) bias_grad[Index(i)] += static_cast<param_of<X>>(dbeta[i]);
+}
+
+}  // namespace detail
+
+// BatchNorm (torch.nn.functional.batch_norm) with the channel axis at dim 1, or
+// last with channels_last. training: normalize with the batch's statistics
+// (biased variance) and, when running_mean/running_var are given, blend them in:
+// running = (1 - momentum) * running + momentum * batch (variance unbiased).
+// Not training: normalize with running_mean/running_var (required).
+// save_mean, save_rstd: absent or one per channel; the mean and 1/sqrt(var + eps)
+// used, as batch_norm_backward wants them.
+// Throws std::invalid_argument for mismatched dims or sizes, momentum outside
+// [0, 1], eps < 0, or training with one value per channel.
+template <typename X, typename Y>
+void batch_norm_forward(const X& x, Y&& y, span<const param_of<X>> weight,
+                        span<const param_of<X>> bias, span<param_of<X>> running_mean,
+                        span<param_of<X>> running_var, bool training, double momentum = 0.1,
+                        double eps = 1e-5, span<acc_of<X>> save_mean = {},
+                        span<acc_of<X>> save_rstd = {}, bool channels_last = false) {
+  using Acc = acc_of<X>;
+  const char* layer = "batch_norm_forward";
+  detail::check_eps(layer, eps);
+  detail::check_momentum(layer, momentum);
+  const auto g = detail::batch_norm_geometry(layer, x, y, -1, channels_last, training);
+  detail::check_per_channel(
+      layer, g.channels,
+      {{"weight", detail::size_if(weight)}, {"bias", detail::size_if(bias)},
+       {"running_mean", detail::size_if(running_mean)},
+       {"running_var", detail::size_if(running_var)}, {"save_mean", detail::size_if(save_mean)},
+       {"save_rstd", detail::size_if(save_rstd)}});
+  if (bool(running_mean) != bool(running_var))
+    detail::throw_invalid(layer, "running_mean and running_var must be given together");
+  if (!training && !running_mean)
+    detail::throw_invalid(layer, "running_mean and running_var are required when not training");
+  const auto c = static_cast<std::size_t>(g.channels);
+  std::vector<Acc> mean(c), var(c), rstd(c);
+  detail::batch_norm_run(g, x, y, weight, bias, training, span<const param_of<X>>(running_mean),
+                         span<const param_of<X>>(running_var), eps, mean.data(), var.data(),
+                         rstd.data());
+  if (training && running_mean && g.count > 0) {
+    const Acc unbias = static_cast<Acc>(g.count) / static_cast<Acc>(g.count - 1);
+    for (Acc& v : var) v *= unbias;
+    detail::blend_running_stats(running_mean.data(), running_var.data(), g.channels, mean.data(),
+                                var.data(), momentum);
+  }
+  if (save_mean) std::copy(mean.begin(), mean.end(), save_mean.data());
+  if (save_rstd) std::copy(rstd.begin(), rstd.end(), save_rstd.data());
+}
+
+// Gradient of batch_norm_forward: writes dx and adds dweight/dbias into
+// weight_grad/bias_grad (absent or one per channel). save_mean, save_rstd are
+// those the forward filled; training as given to the forward (true: gradient
+// through the batch statistics; false: dx = weight * rstd * dy).
+template <typename X, typename DY, typename DX>
+void batch_norm_backward(const X& x, const DY& dy, DX&& dx, span<const param_of<X>> weight,
+                         span<const acc_of<X>> save_mean, span<const acc_of<X>> save_rstd,
+                         bool training, span<param_of<X>> weight_grad = {},
+                         span<param_of<X>> bias_grad = {}, bool channels_last = false) {
+  detail::batch_norm_backward_checked("batch_norm_backward", x, dy, dx, -1, channels_last, weight,
+                                      save_mean, save_rstd, training, weight_grad, bias_grad);
 }
 
 }  // namespace normlayers

@@ -3,6 +3,7 @@
 
 // normlayers: normalization layers over Eigen tensors. Umbrella header.
 
+#include <normlayers/batch_norm.hpp>
 #include <normlayers/errors.hpp>
 #include <normlayers/functional.hpp>
 #include <normlayers/layer_norm.hpp>

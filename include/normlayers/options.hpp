@@ -22,3 +22,17 @@ struct RMSNormOptions {
 };
 
 }  // namespace normlayers
+
+namespace normlayers {
+
+// torch.nn.BatchNorm1d/2d/3d(num_features, eps=1e-5, momentum=0.1, affine=True,
+// track_running_stats=True); channels_last puts the channel axis last (NHWC).
+struct BatchNormOptions {
+  double eps = 1e-5;
+  std::optional<double> momentum = 0.1;  // unset: cumulative average, 1/num_batches_tracked
+  bool affine = true;                    // learnable per-channel weight and bias
+  bool track_running_stats = true;       // running_mean/running_var, used in eval mode
+  bool channels_last = false;            // channel axis: last instead of dim 1
+};
+
+}  // namespace normlayers
