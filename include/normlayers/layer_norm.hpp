@@ -16,8 +16,8 @@ namespace normlayers {
 //   auto y = ln.forward(x);          // x: (..., 768), Tensor or TensorMap
 //   auto dx = ln.backward(x, dy);    // adds into ln.weight_grad(), ln.bias_grad()
 template <typename Scalar>
-class LayerNorm : public detail::trailing_module<Scalar, true> {
-  using base = detail::trailing_module<Scalar, true>;
+class LayerNorm : public detail::trailing_module<LayerNorm<Scalar>, Scalar, true> {
+  using base = detail::trailing_module<LayerNorm<Scalar>, Scalar, true>;
 
  public:
   // Throws std::invalid_argument for an empty or non-positive normalized_shape

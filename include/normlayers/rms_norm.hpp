@@ -17,8 +17,8 @@ namespace normlayers {
 //   auto y = rms.forward(x);
 //   auto dx = rms.backward(x, dy);   // adds into rms.weight_grad()
 template <typename Scalar>
-class RMSNorm : public detail::trailing_module<Scalar, false> {
-  using base = detail::trailing_module<Scalar, false>;
+class RMSNorm : public detail::trailing_module<RMSNorm<Scalar>, Scalar, false> {
+  using base = detail::trailing_module<RMSNorm<Scalar>, Scalar, false>;
 
  public:
   // Throws std::invalid_argument for an empty or non-positive normalized_shape

@@ -12,6 +12,11 @@
 
 namespace normlayers::detail {
 
+inline Index check_num_features(const char* layer, Index n) {
+  if (n <= 0) throw_invalid(layer, "num_features is ", n, ", expected > 0");
+  return n;
+}
+
 template <typename P>
 class affine_params {
  public:

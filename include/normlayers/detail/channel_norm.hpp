@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-// The shared driver of the norms with one statistic per channel and affine
-// parameters per channel (BatchNorm): validation of the channel axis, the
-// canonical view, and the loops over statistic blocks that call the kernels.
-// Each channel's block is normalized right after its moments, while it is
-// still in cache (one channel of BatchNorm NCHW is one block).
+// The shared driver of the norms whose affine map is constant over each
+// statistic's values: BatchNorm (a statistic per channel), InstanceNorm (per
+// sample and channel) and GroupNorm's apply step (per sample and channel, with
+// the statistics of its group). Per-statistic arrays are indexed by the
+// statistic's index in the canonical view (storage order of the statistic
+// axes); callers expand per-channel parameters to them where the two differ.
+// The fused forward/backward normalize each block right after reducing it,
+// while it is still in cache (one channel of BatchNorm NCHW is one block).
 
 #include <cmath>
 #include <vector>
@@ -20,28 +23,40 @@
 
 namespace normlayers::detail {
 
+// The channel axis: dim 1, or the last dim with channels_last.
+inline int channel_axis(int rank, bool channels_last) { return channels_last ? rank - 1 : 1; }
+
+inline void check_channels(const char* layer, const std::vector<Index>& dims, int axis,
+                           Index expected) {
+  const Index got = dims[static_cast<std::size_t>(axis)];
+  if (got != expected)
+    throw_invalid(layer, "input has ", got, " channels at dim ", axis, ", expected ", expected);
+}
+
+inline void check_min_rank(const char* layer, const std::vector<Index>& dims, std::size_t min_rank,
+                           const char* expected) {
+  if (dims.size() < min_rank)
+    throw_invalid(layer, "input has dims ", dims_text{dims}, ", expected at least ", min_rank,
+                  " dims ", expected);
+}
+
 struct ChannelGeometry {
   View view;
   Index channels = 0;
-  Index count = 0;  // values per channel
+  Index count = 0;  // values per statistic
   int axis = 1;
 };
 
-// The channel axis is dim 1, or the last dim with channels_last.
+// BatchNorm: a statistic per channel. num_features < 0 accepts any count.
 template <typename X>
 ChannelGeometry channel_geometry(const char* layer, const X& x, Index num_features,
                                  bool channels_last) {
   const std::vector<Index> dims = dims_of(x);
-  const int rank = static_cast<int>(dims.size());
-  if (rank < 2)
-    throw_invalid(layer, "input has dims ", dims_text{dims},
-                  ", expected at least 2 dims (N, C, ...)");
+  check_min_rank(layer, dims, 2, "(N, C, ...)");
   ChannelGeometry g;
-  g.axis = channels_last ? rank - 1 : 1;
+  g.axis = channel_axis(static_cast<int>(dims.size()), channels_last);
   g.channels = dims[static_cast<std::size_t>(g.axis)];
-  if (num_features >= 0 && g.channels != num_features)
-    throw_invalid(layer, "input has ", g.channels, " channels at dim ", g.axis, ", expected ",
-                  num_features);
+  if (num_features >= 0) check_channels(layer, dims, g.axis, num_features);
   std::vector<bool> reduced(dims.size(), true);
   reduced[static_cast<std::size_t>(g.axis)] = false;
   g.view = make_view(dims, tensor_traits<X>::row_major, reduced);
@@ -49,10 +64,10 @@ ChannelGeometry channel_geometry(const char* layer, const X& x, Index num_featur
   return g;
 }
 
-// Forward over every channel block. With batch_stats the block's own mean and
+// Forward over every block. With batch_stats each statistic's own mean and
 // biased variance normalize it (and are written to mean_out/var_out);
 // otherwise the given stats_mean/stats_var do. rstd_out gets 1/sqrt(var + eps).
-// All per-channel arrays have g.channels entries; gamma/beta may be null.
+// All arrays have one entry per statistic; gamma/beta may be null.
 template <typename T, typename P, typename Acc>
 void channel_norm_forward(const View& v, const T* x, T* y, const P* gamma, const P* beta, Acc eps,
                           bool batch_stats, const P* stats_mean, const P* stats_var,
@@ -83,11 +98,52 @@ void channel_norm_forward(const View& v, const T* x, T* y, const P* gamma, const
   });
 }
 
-// Backward over every channel block, given the mean and rstd the forward
-// normalized with. batch_stats: gradient through the batch statistics
+// Per statistic mean and biased variance (GroupNorm's statistics step).
+template <typename T, typename Acc>
+void stat_moments(const View& v, const T* x, Acc* mean, Acc* var) {
+  std::vector<Acc> scratch(static_cast<std::size_t>(v.T));
+  for_each_stat_block(v, [&](Index offset, Index stat, const kernels::Block& b) {
+    kernels::block_moments<true>(x + offset, b, mean + stat, var + stat, scratch.data());
+    for (Index t = 0; t < v.T; ++t) var[stat + t] /= static_cast<Acc>(b.reduced());
+  });
+}
+
+// y = (x - mean) * scale + shift with per-statistic arrays.
+template <typename T, typename Acc>
+void stat_apply(const View& v, const T* x, T* y, const Acc* mean, const Acc* scale,
+                const Acc* shift) {
+  for_each_stat_block(v, [&](Index offset, Index stat, const kernels::Block& b) {
+    kernels::normalize_block_per_stat(x + offset, y + offset, b, mean + stat, scale + stat,
+                                      shift + stat);
+  });
+}
+
+// sums[stat] = {sum dy, sum dy * (x - mean[stat])} for every statistic.
+template <typename T, typename Acc>
+void stat_backward_reduce(const View& v, const T* x, const T* dy, const Acc* mean,
+                          kernels::Sum2<Acc>* sums) {
+  std::vector<kernels::Sum2<Acc>> scratch(static_cast<std::size_t>(v.T));
+  for_each_stat_block(v, [&](Index offset, Index stat, const kernels::Block& b) {
+    kernels::backward_reduce_block(x + offset, dy + offset, b, mean + stat, sums + stat,
+                                   scratch.data());
+  });
+}
+
+// dx = k_dy * dy + k_xc * (x - mean) + k_0 with per-statistic arrays.
+template <typename T, typename Acc>
+void stat_backward_apply(const View& v, const T* x, const T* dy, T* dx, const Acc* mean,
+                         const Acc* k_dy, const Acc* k_xc, const Acc* k_0) {
+  for_each_stat_block(v, [&](Index offset, Index stat, const kernels::Block& b) {
+    kernels::backward_apply_block(x + offset, dy + offset, dx + offset, b, mean + stat,
+                                  k_dy + stat, k_xc + stat, k_0 + stat);
+  });
+}
+
+// Backward over every block, given the mean and rstd the forward normalized
+// with. batch_stats: gradient through the statistics
 //   dx = gamma*rstd * (dy - sum(dy)/M - (x - mean)*rstd^2 * sum(dy*(x - mean))/M);
-// otherwise (fixed statistics) dx = gamma*rstd*dy. dgamma += rstd*sum(dy*(x - mean)),
-// dbeta += sum(dy), into Acc arrays (may be null).
+// otherwise (fixed statistics) dx = gamma*rstd*dy. Per statistic,
+// dgamma += rstd*sum(dy*(x - mean)) and dbeta += sum(dy) (may be null).
 template <typename T, typename P, typename Acc>
 void channel_norm_backward(const View& v, const T* x, const T* dy, T* dx, const P* gamma,
                            const Acc* mean, const Acc* rstd, bool batch_stats, Acc* dgamma,
