@@ -151,4 +151,79 @@ inline RowNormGrads batch_norm_backward(const Vec& x, const Vec& dy, const std::
   return r;
 }
 
+// ---- general grouped norm: element i belongs to statistic stat[i] and has
+// affine parameters of channel chan[i] (InstanceNorm: stat = (n, c);
+// GroupNorm: stat = (n, c / D)).
+
+struct Grouping {
+  std::vector<std::size_t> stat, chan;
+  std::size_t num_stats = 0;
+};
+
+// Statistics per (n, c / group_size) of a logical row-major tensor with the
+// channel axis at `axis`.
+inline Grouping group_by_sample_and_channel(const std::vector<long>& dims, std::size_t axis,
+                                            std::size_t group_size) {
+  Grouping g;
+  g.chan = channel_of_each(dims, axis);
+  std::size_t per_sample = 1;
+  for (std::size_t i = 1; i < dims.size(); ++i) per_sample *= std::size_t(dims[i]);
+  const std::size_t groups = std::size_t(dims[axis]) / group_size;
+  g.num_stats = std::size_t(dims[0]) * groups;
+  g.stat.resize(g.chan.size());
+  for (std::size_t i = 0; i < g.stat.size(); ++i)
+    g.stat[i] = (i / per_sample) * groups + g.chan[i] / group_size;
+  return g;
+}
+
+// fixed_mean/fixed_var per statistic, or empty for the statistics of the data.
+inline ChannelNormResult grouped_norm_forward(const Vec& x, const Grouping& g, const Vec& gamma,
+                                              const Vec& beta, double eps,
+                                              const Vec& fixed_mean = {},
+                                              const Vec& fixed_var = {}) {
+  ChannelNormResult r{Vec(x.size()), Vec(g.num_stats, 0.0), Vec(g.num_stats, 0.0),
+                      Vec(g.num_stats)};
+  if (fixed_mean.empty()) {
+    Vec count(g.num_stats, 0.0);
+    for (std::size_t i = 0; i < x.size(); ++i) r.mean[g.stat[i]] += x[i], count[g.stat[i]] += 1;
+    for (std::size_t s = 0; s < g.num_stats; ++s) r.mean[s] /= count[s];
+    for (std::size_t i = 0; i < x.size(); ++i)
+      r.var[g.stat[i]] += (x[i] - r.mean[g.stat[i]]) * (x[i] - r.mean[g.stat[i]]);
+    for (std::size_t s = 0; s < g.num_stats; ++s) r.var[s] /= count[s];
+  } else {
+    r.mean = fixed_mean;
+    r.var = fixed_var;
+  }
+  for (std::size_t s = 0; s < g.num_stats; ++s) r.rstd[s] = 1.0 / std::sqrt(r.var[s] + eps);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const std::size_t s = g.stat[i], c = g.chan[i];
+    r.y[i] = (x[i] - r.mean[s]) * r.rstd[s] * (gamma.empty() ? 1.0 : gamma[c]) +
+             (beta.empty() ? 0.0 : beta[c]);
+  }
+  return r;
+}
+
+inline RowNormGrads grouped_norm_backward(const Vec& x, const Vec& dy, const Grouping& g,
+                                          std::size_t channels, const Vec& gamma, double eps,
+                                          const Vec& fixed_mean = {}, const Vec& fixed_var = {}) {
+  const auto f = grouped_norm_forward(x, g, {}, {}, eps, fixed_mean, fixed_var);
+  RowNormGrads r{Vec(x.size()), Vec(channels, 0.0), Vec(channels, 0.0)};
+  Vec mean_g(g.num_stats, 0.0), mean_gx(g.num_stats, 0.0), count(g.num_stats, 0.0);
+  auto g_at = [&](std::size_t i) { return dy[i] * (gamma.empty() ? 1.0 : gamma[g.chan[i]]); };
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    mean_g[g.stat[i]] += g_at(i);
+    mean_gx[g.stat[i]] += g_at(i) * f.y[i];
+    count[g.stat[i]] += 1;
+    r.dgamma[g.chan[i]] += dy[i] * f.y[i];
+    r.dbeta[g.chan[i]] += dy[i];
+  }
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const std::size_t s = g.stat[i];
+    r.dx[i] = fixed_mean.empty()
+                  ? f.rstd[s] * (g_at(i) - mean_g[s] / count[s] - f.y[i] * mean_gx[s] / count[s])
+                  : f.rstd[s] * g_at(i);
+  }
+  return r;
+}
+
 }  // namespace reference

@@ -220,3 +220,16 @@ Vec gather(const T& saved, const std::vector<std::size_t>& positions) {
 }
 
 }  // namespace test
+
+namespace test {
+
+// Where statistic (n, k) of an (N, K) grid (reference order n*K + k) sits in
+// the library's saved statistics: n*K + k row-major, k*N + n column-major.
+inline std::vector<std::size_t> grid_positions(std::size_t N, std::size_t K, bool row_major) {
+  std::vector<std::size_t> pos(N * K);
+  for (std::size_t n = 0; n < N; ++n)
+    for (std::size_t k = 0; k < K; ++k) pos[n * K + k] = row_major ? n * K + k : k * N + n;
+  return pos;
+}
+
+}  // namespace test

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include <normlayers/detail/channel_norm.hpp>
+#include <normlayers/detail/instance_group_norm.hpp>
 #include <normlayers/detail/running_stats.hpp>
 #include <normlayers/detail/scalar.hpp>
 #include <normlayers/detail/tensor.hpp>
@@ -263,6 +264,171 @@ void batch_norm_backward(const X& x, const DY& dy, DX&& dx, span<const param_of<
                          span<param_of<X>> bias_grad = {}, bool channels_last = false) {
   detail::batch_norm_backward_checked("batch_norm_backward", x, dy, dx, -1, channels_last, weight,
                                       save_mean, save_rstd, training, weight_grad, bias_grad);
+}
+
+namespace detail {
+
+// Validation shared by InstanceNorm's functional form and module.
+template <typename X, typename Y>
+InstanceGeometry instance_norm_geometry(const char* layer, const X& x, const Y& y,
+                                        Index num_features, bool channels_last,
+                                        bool use_input_stats) {
+  static_assert(is_supported_scalar_v<scalar_of<X>>, "normlayers supports float and double");
+  const InstanceGeometry g =
+      instance_geometry(layer, x, num_features, channels_last, 3, "(N, C, spatial...)");
+  check_same_dims(layer, "output", y, "the input's", x);
+  if (use_input_stats && g.count == 1)
+    throw_invalid(layer, "expected more than 1 spatial element when training, got input of dims ",
+                  dims_text{dims_of(x)});
+  return g;
+}
+
+template <typename X, typename DY, typename DX>
+InstanceGeometry instance_norm_backward_geometry(const char* layer, const X& x, const DY& dy,
+                                                 const DX& dx, Index num_features,
+                                                 bool channels_last) {
+  const InstanceGeometry g =
+      instance_geometry(layer, x, num_features, channels_last, 3, "(N, C, spatial...)");
+  check_same_dims(layer, "grad_output", dy, "the input's", x);
+  check_same_dims(layer, "grad_input", dx, "the input's", x);
+  return g;
+}
+
+template <typename X, typename DY, typename DX>
+GroupGeometry group_norm_backward_geometry(const char* layer, const X& x, const DY& dy,
+                                           const DX& dx, Index num_groups, Index num_channels,
+                                           bool channels_last) {
+  static_assert(is_supported_scalar_v<scalar_of<X>>, "normlayers supports float and double");
+  const GroupGeometry g = group_geometry(layer, x, num_groups, num_channels, channels_last);
+  check_same_dims(layer, "grad_output", dy, "the input's", x);
+  check_same_dims(layer, "grad_input", dx, "the input's", x);
+  return g;
+}
+
+}  // namespace detail
+
+// InstanceNorm (torch.nn.functional.instance_norm): statistics per (sample,
+// channel) over the spatial axes; channel axis at dim 1, or last with
+// channels_last; rank >= 3. use_input_stats: each instance's own statistics,
+// and running_mean/running_var (when given) blend in the batch-mean of them
+// (variance unbiased per instance) with factor momentum. Otherwise the running
+// statistics (required) normalize. save_mean, save_rstd: absent or N*C values,
+// in the input's storage order of (N, C).
+template <typename X, typename Y>
+void instance_norm_forward(const X& x, Y&& y, span<const param_of<X>> weight = {},
+                           span<const param_of<X>> bias = {}, span<param_of<X>> running_mean = {},
+                           span<param_of<X>> running_var = {}, bool use_input_stats = true,
+                           double momentum = 0.1, double eps = 1e-5,
+                           span<acc_of<X>> save_mean = {}, span<acc_of<X>> save_rstd = {},
+                           bool channels_last = false) {
+  using Acc = acc_of<X>;
+  const char* layer = "instance_norm_forward";
+  detail::check_eps(layer, eps);
+  detail::check_momentum(layer, momentum);
+  const auto g = detail::instance_norm_geometry(layer, x, y, -1, channels_last, use_input_stats);
+  detail::check_per_channel(layer, g.channels,
+                            {{"weight", detail::size_if(weight)},
+                             {"bias", detail::size_if(bias)},
+                             {"running_mean", detail::size_if(running_mean)},
+                             {"running_var", detail::size_if(running_var)}});
+  detail::check_size(layer, "save_mean", save_mean, g.num_stats(), "one per (sample, channel)");
+  detail::check_size(layer, "save_rstd", save_rstd, g.num_stats(), "one per (sample, channel)");
+  if (bool(running_mean) != bool(running_var))
+    detail::throw_invalid(layer, "running_mean and running_var must be given together");
+  if (!use_input_stats && !running_mean)
+    detail::throw_invalid(layer, "running_mean and running_var are required without use_input_stats");
+  if (g.view.size() == 0) return;
+  const auto n = static_cast<std::size_t>(g.num_stats());
+  std::vector<Acc> mean(n), var(n), rstd(n);
+  detail::instance_norm_forward_run(g, x.data(), y.data(), weight.data(), bias.data(),
+                                    static_cast<Acc>(eps), use_input_stats, running_mean.data(),
+                                    running_var.data(), mean.data(), var.data(), rstd.data());
+  if (use_input_stats && running_mean) {
+    std::vector<Acc> batch_mean, batch_var;
+    detail::instance_batch_stats(g, mean.data(), var.data(), batch_mean, batch_var);
+    detail::blend_running_stats(running_mean.data(), running_var.data(), g.channels,
+                                batch_mean.data(), batch_var.data(), momentum);
+  }
+  if (save_mean) std::copy(mean.begin(), mean.end(), save_mean.data());
+  if (save_rstd) std::copy(rstd.begin(), rstd.end(), save_rstd.data());
+}
+
+// Gradient of instance_norm_forward: writes dx and adds dweight/dbias (summed
+// over the samples) into weight_grad/bias_grad. save_mean/save_rstd as the
+// forward filled them; use_input_stats as given to the forward.
+template <typename X, typename DY, typename DX>
+void instance_norm_backward(const X& x, const DY& dy, DX&& dx, span<const param_of<X>> weight,
+                            span<const acc_of<X>> save_mean, span<const acc_of<X>> save_rstd,
+                            bool use_input_stats = true, span<param_of<X>> weight_grad = {},
+                            span<param_of<X>> bias_grad = {}, bool channels_last = false) {
+  const char* layer = "instance_norm_backward";
+  const auto g = detail::instance_norm_backward_geometry(layer, x, dy, dx, -1, channels_last);
+  detail::check_per_channel(layer, g.channels,
+                            {{"weight", detail::size_if(weight)},
+                             {"weight_grad", detail::size_if(weight_grad)},
+                             {"bias_grad", detail::size_if(bias_grad)}});
+  if (save_mean.size() != g.num_stats() || save_rstd.size() != g.num_stats())
+    detail::throw_invalid(layer, "save_mean and save_rstd have ", save_mean.size(), " and ",
+                          save_rstd.size(), " elements, expected ", g.num_stats(),
+                          " (one per (sample, channel), from the forward)");
+  if (g.view.size() == 0) return;
+  detail::instance_norm_backward_run(g, x.data(), dy.data(), dx.data(), weight.data(),
+                                     save_mean.data(), save_rstd.data(), use_input_stats,
+                                     weight_grad.data(), bias_grad.data());
+}
+
+// GroupNorm (torch.nn.functional.group_norm): the C channels (dim 1, or last
+// with channels_last) split into num_groups groups of consecutive channels;
+// statistics per (sample, group) over the group's channels and spatial axes;
+// y = (x - mean) * rstd * weight_c + bias_c. save_mean, save_rstd: absent or
+// N*num_groups values, in the input's storage order of (N, G).
+template <typename X, typename Y>
+void group_norm_forward(const X& x, Y&& y, Eigen::Index num_groups, span<const param_of<X>> weight = {},
+                        span<const param_of<X>> bias = {}, double eps = 1e-5,
+                        span<acc_of<X>> save_mean = {}, span<acc_of<X>> save_rstd = {},
+                        bool channels_last = false) {
+  using Acc = acc_of<X>;
+  static_assert(detail::is_supported_scalar_v<detail::scalar_of<X>>,
+                "normlayers supports float and double");
+  const char* layer = "group_norm_forward";
+  detail::check_eps(layer, eps);
+  const auto g = detail::group_geometry(layer, x, num_groups, -1, channels_last);
+  detail::check_same_dims(layer, "output", y, "the input's", x);
+  detail::check_per_channel(layer, g.inst.channels,
+                            {{"weight", detail::size_if(weight)}, {"bias", detail::size_if(bias)}});
+  detail::check_size(layer, "save_mean", save_mean, g.num_group_stats(), "one per (sample, group)");
+  detail::check_size(layer, "save_rstd", save_rstd, g.num_group_stats(), "one per (sample, group)");
+  if (g.inst.view.size() == 0) return;
+  const auto n = static_cast<std::size_t>(g.num_group_stats());
+  std::vector<Acc> mean(n), rstd(n);
+  detail::group_norm_forward_run(g, x.data(), y.data(), weight.data(), bias.data(),
+                                 static_cast<Acc>(eps), mean.data(), rstd.data());
+  if (save_mean) std::copy(mean.begin(), mean.end(), save_mean.data());
+  if (save_rstd) std::copy(rstd.begin(), rstd.end(), save_rstd.data());
+}
+
+// Gradient of group_norm_forward: writes dx, adds dweight/dbias into
+// weight_grad/bias_grad. save_mean/save_rstd as the forward filled them.
+template <typename X, typename DY, typename DX>
+void group_norm_backward(const X& x, const DY& dy, DX&& dx, Eigen::Index num_groups,
+                         span<const param_of<X>> weight, span<const acc_of<X>> save_mean,
+                         span<const acc_of<X>> save_rstd, span<param_of<X>> weight_grad = {},
+                         span<param_of<X>> bias_grad = {}, bool channels_last = false) {
+  const char* layer = "group_norm_backward";
+  const auto g =
+      detail::group_norm_backward_geometry(layer, x, dy, dx, num_groups, -1, channels_last);
+  detail::check_per_channel(layer, g.inst.channels,
+                            {{"weight", detail::size_if(weight)},
+                             {"weight_grad", detail::size_if(weight_grad)},
+                             {"bias_grad", detail::size_if(bias_grad)}});
+  if (save_mean.size() != g.num_group_stats() || save_rstd.size() != g.num_group_stats())
+    detail::throw_invalid(layer, "save_mean and save_rstd have ", save_mean.size(), " and ",
+                          save_rstd.size(), " elements, expected ", g.num_group_stats(),
+                          " (one per (sample, group), from the forward)");
+  if (g.inst.view.size() == 0) return;
+  detail::group_norm_backward_run(g, x.data(), dy.data(), dx.data(), weight.data(),
+                                  save_mean.data(), save_rstd.data(), weight_grad.data(),
+                                  bias_grad.data());
 }
 
 }  // namespace normlayers

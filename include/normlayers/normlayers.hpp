@@ -6,6 +6,8 @@
 #include <normlayers/batch_norm.hpp>
 #include <normlayers/errors.hpp>
 #include <normlayers/functional.hpp>
+#include <normlayers/group_norm.hpp>
+#include <normlayers/instance_norm.hpp>
 #include <normlayers/layer_norm.hpp>
 #include <normlayers/mode.hpp>
 #include <normlayers/options.hpp>

@@ -36,3 +36,24 @@ struct BatchNormOptions {
 };
 
 }  // namespace normlayers
+
+namespace normlayers {
+
+// torch.nn.InstanceNorm1d/2d/3d(num_features, eps=1e-5, momentum=0.1,
+// affine=False, track_running_stats=False).
+struct InstanceNormOptions {
+  double eps = 1e-5;
+  std::optional<double> momentum = 0.1;  // unset: running stats never move (PyTorch passes 0)
+  bool affine = false;                   // learnable per-channel weight and bias
+  bool track_running_stats = false;      // running_mean/running_var, used in eval mode
+  bool channels_last = false;            // channel axis: last instead of dim 1
+};
+
+// torch.nn.GroupNorm(num_groups, num_channels, eps=1e-5, affine=True).
+struct GroupNormOptions {
+  double eps = 1e-5;
+  bool affine = true;          // learnable per-channel weight and bias
+  bool channels_last = false;  // channel axis: last instead of dim 1
+};
+
+}  // namespace normlayers

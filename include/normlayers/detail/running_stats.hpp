@@ -87,6 +87,14 @@ class running_stats {
                         batch_mean, batch_var_unbiased, factor);
   }
 
+  // InstanceNorm's step: blends per-channel batch statistics with factor
+  // momentum, or 0 when it is unset (as PyTorch); no batch count.
+  template <typename Acc>
+  void blend_without_count(const Acc* batch_mean, const Acc* batch_var_unbiased) noexcept {
+    blend_running_stats(running_mean_.data(), running_var_.data(), running_mean_.size(),
+                        batch_mean, batch_var_unbiased, momentum_.value_or(0.0));
+  }
+
   span<const P> running_mean_span() const {
     return track_ ? span<const P>(running_mean_) : span<const P>();
   }

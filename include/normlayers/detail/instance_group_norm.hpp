@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// InstanceNorm and GroupNorm: statistics per sample, over the spatial axes of
+// one channel (InstanceNorm) or of a group of consecutive channels
+// (GroupNorm), with per-channel affine parameters. Both apply and back-
+// propagate on the per-(sample, channel) view, whose statistic index is
+// n*C + c for row-major inputs and c*N + n for column-major ones (the storage
+// order of the N and C axes); GroupNorm reduces on a second view where C is
+// split into (G, D).
+
+#include <cmath>
+#include <vector>
+
+#include <normlayers/detail/channel_norm.hpp>
+
+namespace normlayers::detail {
+
+// Statistics per (n, c); reduced over every other axis.
+struct InstanceGeometry {
+  View view;
+  Index batch = 0, channels = 0, count = 0;  // count: values per (n, c)
+  int axis = 1;
+  bool row_major = true;
+
+  Index num_stats() const { return batch * channels; }
+  Index channel_of(Index stat) const { return row_major ? stat % channels : stat / batch; }
+  Index sample_of(Index stat) const { return row_major ? stat / channels : stat % batch; }
+};
+
+template <typename X>
+InstanceGeometry instance_geometry(const char* layer, const X& x, Index num_channels,
+                                   bool channels_last, std::size_t min_rank,
+                                   const char* expected_dims) {
+  const std::vector<Index> dims = dims_of(x);
+  check_min_rank(layer, dims, min_rank, expected_dims);
+  InstanceGeometry g;
+  g.axis = channel_axis(static_cast<int>(dims.size()), channels_last);
+  if (num_channels >= 0) check_channels(layer, dims, g.axis, num_channels);
+  g.batch = dims[0];
+  g.channels = dims[static_cast<std::size_t>(g.axis)];
+  g.row_major = tensor_traits<X>::row_major;
+  std::vector<bool> reduced(dims.size(), true);
+  reduced[0] = reduced[static_cast<std::size_t>(g.axis)] = false;
+  g.view = make_view(dims, g.row_major, reduced);
+  g.count = g.num_stats() > 0 ? product(dims) / g.num_stats() : 0;
+  return g;
+}
+
+// values[channel_of(stat)] for every statistic.
+template <typename P>
+std::vector<P> per_stat(const InstanceGeometry& g, const P* per_channel) {
+  std::vector<P> out(per_channel ? static_cast<std::size_t>(g.num_stats()) : 0);
+  for (std::size_t s = 0; s < out.size(); ++s) out[s] = per_channel[g.channel_of(Index(s))];
+  return out;
+}
+
+// out[channel] += sum over samples of per_stat[stat], samples in order.
+template <typename Acc, typename P>
+void add_per_channel(const InstanceGeometry& g, const std::vector<Acc>& stat_values, P* out) {
+  std::vector<Acc> sums(static_cast<std::size_t>(g.channels), Acc(0));
+  for (Index n = 0; n < g.batch; ++n)
+    for (Index c = 0; c < g.channels; ++c) {
+      const Index stat = g.row_major ? n * g.channels + c : c * g.batch + n;
+      sums[static_cast<std::size_t>(c)] += stat_values[static_cast<std::size_t>(stat)];
+    }
+  for (Index c = 0; c < g.channels; ++c) out[c] += static_cast<P>(sums[static_cast<std::size_t>(c)]);
+}
+
+// InstanceNorm forward on the per-(n, c) view: each instance's own statistics
+// (use_input_stats) or the running ones of its channel; per-channel parameters
+// expanded to the instances. mean, var (biased) and rstd per (n, c).
+template <typename T, typename P, typename Acc>
+void instance_norm_forward_run(const InstanceGeometry& g, const T* x, T* y, const P* gamma,
+                               const P* beta, Acc eps, bool use_input_stats,
+                               const P* running_mean, const P* running_var, Acc* mean, Acc* var,
+                               Acc* rstd) {
+  const auto gs = per_stat(g, gamma), bs = per_stat(g, beta);
+  const auto rm = per_stat(g, use_input_stats ? nullptr : running_mean);
+  const auto rv = per_stat(g, use_input_stats ? nullptr : running_var);
+  channel_norm_forward(g.view, x, y, gamma ? gs.data() : nullptr, beta ? bs.data() : nullptr, eps,
+                       use_input_stats, rm.data(), rv.data(), mean, var, rstd);
+}
+
+// The batch-mean of the instances' statistics per channel (variance unbiased
+// per instance): what PyTorch's instance_norm blends into the running ones.
+template <typename Acc>
+void instance_batch_stats(const InstanceGeometry& g, const Acc* mean, const Acc* var,
+                          std::vector<Acc>& batch_mean, std::vector<Acc>& batch_var) {
+  const auto c = static_cast<std::size_t>(g.channels);
+  const Acc unbias = static_cast<Acc>(g.count) / static_cast<Acc>(g.count - 1);
+  batch_mean.assign(c, Acc(0));
+  batch_var.assign(c, Acc(0));
+  for (Index s = 0; s < g.num_stats(); ++s) {
+    const auto ch = static_cast<std::size_t>(g.channel_of(s));
+    batch_mean[ch] += mean[s];
+    batch_var[ch] += var[s] * unbias;
+  }
+  for (std::size_t i = 0; i < c; ++i) {
+    batch_mean[i] /= static_cast<Acc>(g.batch);
+    batch_var[i] /= static_cast<Acc>(g.batch);
+  }
+}
+
+// InstanceNorm backward on the per-(n, c) view; parameter gradients summed
+// over the samples of each channel and added into dgamma/dbeta (may be null).
+template <typename T, typename P, typename Acc>
+void instance_norm_backward_run(const InstanceGeometry& g, const T* x, const T* dy, T* dx,
+                                const P* gamma, const Acc* mean, const Acc* rstd,
+                                bool use_input_stats, P* dgamma, P* dbeta) {
+  const auto gs = per_stat(g, gamma);
+  const auto n = static_cast<std::size_t>(g.num_stats());
+  std::vector<Acc> dg(dgamma ? n : 0, Acc(0)), db(dbeta ? n : 0, Acc(0));
+  channel_norm_backward(g.view, x, dy, dx, gamma ? gs.data() : nullptr, mean, rstd,
+                        use_input_stats, dgamma ? dg.data() : nullptr,
+                        dbeta ? db.data() : nullptr);
+  if (dgamma) add_per_channel(g, dg, dgamma);
+  if (dbeta) add_per_channel(g, db, dbeta);
+}
+
+// GroupNorm: the per-(n, c) geometry plus the per-(n, g) view. A channel
+// c = g*D + d has d as its faster part, so C splits into dims (G, D) in a
+// row-major input and (D, G) in a column-major one (first dim fastest).
+struct GroupGeometry {
+  InstanceGeometry inst;
+  View group_view;
+  Index groups = 0, group_size = 0, count = 0;  // count: values per (n, g)
+
+  Index num_group_stats() const { return inst.batch * groups; }
+  // The (n, g) statistic of an (n, c) one, in the group view's order.
+  Index group_stat_of(Index stat) const {
+    const Index n = inst.sample_of(stat), grp = inst.channel_of(stat) / group_size;
+    return inst.row_major ? n * groups + grp : grp * inst.batch + n;
+  }
+};
+
+inline void check_groups(const char* layer, Index num_groups, Index num_channels) {
+  if (num_groups <= 0) throw_invalid(layer, "num_groups is ", num_groups, ", expected > 0");
+  if (num_channels <= 0) throw_invalid(layer, "num_channels is ", num_channels, ", expected > 0");
+  if (num_channels % num_groups != 0)
+    throw_invalid(layer, "num_channels ", num_channels, " is not divisible by num_groups ",
+                  num_groups);
+}
+
+// num_channels < 0: the input's channel count.
+template <typename X>
+GroupGeometry group_geometry(const char* layer, const X& x, Index num_groups, Index num_channels,
+                             bool channels_last) {
+  GroupGeometry g;
+  g.inst = instance_geometry(layer, x, num_channels, channels_last, 2, "(N, C, ...)");
+  num_channels = g.inst.channels;
+  check_groups(layer, num_groups, num_channels);
+  g.groups = num_groups;
+  g.group_size = num_channels / num_groups;
+  std::vector<Index> dims = dims_of(x);
+  std::vector<bool> reduced(dims.size(), true);
+  reduced[0] = false;
+  const auto axis = static_cast<std::size_t>(g.inst.axis);
+  dims[axis] = g.inst.row_major ? num_groups : g.group_size;
+  dims.insert(dims.begin() + std::ptrdiff_t(axis) + 1,
+              g.inst.row_major ? g.group_size : num_groups);
+  reduced.insert(reduced.begin() + std::ptrdiff_t(axis) + 1, true);
+  reduced[axis + (g.inst.row_major ? 0 : 1)] = false;  // the G dim
+  g.group_view = make_view(dims, g.inst.row_major, reduced);
+  g.count = g.group_size * g.inst.count;
+  return g;
+}
+
+// GroupNorm forward: statistics per (n, g), then y = (x - mean_g) *
+// (rstd_g * gamma_c) + beta_c per (n, c). mean/rstd per (n, g).
+template <typename T, typename P, typename Acc>
+void group_norm_forward_run(const GroupGeometry& g, const T* x, T* y, const P* gamma,
+                            const P* beta, Acc eps, Acc* mean, Acc* rstd) {
+  stat_moments(g.group_view, x, mean, rstd);
+  for (Index s = 0; s < g.num_group_stats(); ++s) rstd[s] = Acc(1) / std::sqrt(rstd[s] + eps);
+  const auto n = static_cast<std::size_t>(g.inst.num_stats());
+  std::vector<Acc> m(n), scale(n), shift(n);
+  for (std::size_t s = 0; s < n; ++s) {
+    const Index gs = g.group_stat_of(Index(s)), c = g.inst.channel_of(Index(s));
+    m[s] = mean[gs];
+    scale[s] = rstd[gs] * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1));
+    shift[s] = beta ? static_cast<Acc>(beta[c]) : Acc(0);
+  }
+  stat_apply(g.inst.view, x, y, m.data(), scale.data(), shift.data());
+}
+
+// GroupNorm backward. Per (n, c): a = sum dy, b = sum dy*(x - mean_g); per
+// (n, g): A = sum_c gamma_c*a, B = sum_c gamma_c*b; then
+// dx = gamma_c*rstd*dy - rstd*A/M - (x - mean)*rstd^3*B/M, M = D * spatial.
+// dgamma_c += sum_n b*rstd, dbeta_c += sum_n a.
+template <typename T, typename P, typename Acc>
+void group_norm_backward_run(const GroupGeometry& g, const T* x, const T* dy, T* dx,
+                             const P* gamma, const Acc* mean, const Acc* rstd, P* dgamma,
+                             P* dbeta) {
+  const auto n = static_cast<std::size_t>(g.inst.num_stats());
+  std::vector<Acc> m(n);
+  for (std::size_t s = 0; s < n; ++s) m[s] = mean[g.group_stat_of(Index(s))];
+  std::vector<kernels::Sum2<Acc>> sums(n);
+  stat_backward_reduce(g.inst.view, x, dy, m.data(), sums.data());
+  std::vector<kernels::Sum2<Acc>> group_sums(static_cast<std::size_t>(g.num_group_stats()));
+  std::vector<Acc> a(n), b(n);
+  for (std::size_t s = 0; s < n; ++s) {
+    const Index c = g.inst.channel_of(Index(s));
+    const Acc gc = gamma ? static_cast<Acc>(gamma[c]) : Acc(1);
+    group_sums[static_cast<std::size_t>(g.group_stat_of(Index(s)))] +=
+        kernels::Sum2<Acc>{gc * sums[s].a, gc * sums[s].b};
+    a[s] = sums[s].a;
+    b[s] = sums[s].b * rstd[g.group_stat_of(Index(s))];
+  }
+  if (dgamma) add_per_channel(g.inst, b, dgamma);
+  if (dbeta) add_per_channel(g.inst, a, dbeta);
+  const Acc inv_m = Acc(1) / static_cast<Acc>(g.count);
+  std::vector<Acc> k_dy(n), k_xc(n), k_0(n);
+  for (std::size_t s = 0; s < n; ++s) {
+    const auto gs = static_cast<std::size_t>(g.group_stat_of(Index(s)));
+    const Index c = g.inst.channel_of(Index(s));
+    const Acc r = rstd[gs];
+    k_dy[s] = r * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1));
+    k_xc[s] = -r * r * r * group_sums[gs].b * inv_m;
+    k_0[s] = -r * group_sums[gs].a * inv_m;
+  }
+  stat_backward_apply(g.inst.view, x, dy, dx, m.data(), k_dy.data(), k_xc.data(), k_0.data());
+}
+
+}  // namespace normlayers::detail

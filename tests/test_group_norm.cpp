@@ -1,0 +1,283 @@
+// SPDX-License-Identifier: MIT
+#include <normlayers/normlayers.hpp>
+
+#include <gtest/gtest.h>
+
+#include "reference.hpp"
+#include "test_support.hpp"
+
+namespace nl = normlayers;
+using test::Index;
+using test::Vec;
+
+namespace {
+
+template <typename C>
+class GroupNormTest : public ::testing::Test {};
+TYPED_TEST_SUITE(GroupNormTest, test::Configs, test::ConfigNames);
+
+struct Case {
+  bool affine;
+  bool channels_last;
+};
+const Case kCases[] = {{true, false}, {true, true}, {false, false}, {false, true}};
+
+template <std::size_t Rank>
+std::vector<long> dims_vec(const std::array<Index, Rank>& dims) {
+  return std::vector<long>(dims.begin(), dims.end());
+}
+
+template <typename S>
+nl::GroupNorm<S> make_gn(Index groups, Index channels, Case c, unsigned seed) {
+  nl::GroupNormOptions o;
+  o.affine = c.affine;
+  o.channels_last = c.channels_last;
+  nl::GroupNorm<S> gn(groups, channels, o);
+  if (c.affine) {
+    gn.weight() = test::make_vector<S>(test::random_vec(std::size_t(channels), seed, 1.0, 0.5));
+    gn.bias() = test::make_vector<S>(test::random_vec(std::size_t(channels), seed + 1));
+  }
+  return gn;
+}
+
+template <typename C, std::size_t Rank>
+void check_against_reference(const std::array<Index, Rank>& dims, Index groups, Case c,
+                             unsigned seed) {
+  using S = typename C::scalar;
+  SCOPED_TRACE(::testing::Message() << "rank " << Rank << ", groups " << groups << ", affine "
+                                    << c.affine << ", channels_last " << c.channels_last);
+  const std::size_t axis = c.channels_last ? Rank - 1 : 1;
+  const Index channels = dims[axis];
+  auto gn = make_gn<S>(groups, channels, c, seed);
+  const std::size_t n = std::size_t(test::numel(dims));
+  const auto x = test::make_tensor<S, C::layout>(dims, test::random_vec(n, seed + 2, -0.4, 1.5));
+  const auto dy = test::make_tensor<S, C::layout>(dims, test::random_vec(n, seed + 3));
+  const Vec gamma = c.affine ? test::to_vec(gn.weight()) : Vec{};
+  const Vec beta = c.affine ? test::to_vec(gn.bias()) : Vec{};
+  const auto grouping = reference::group_by_sample_and_channel(dims_vec(dims), axis,
+                                                               std::size_t(channels / groups));
+  const auto ref = reference::grouped_norm_forward(test::logical(x), grouping, gamma, beta, 1e-5);
+  EXPECT_TRUE(test::all_close(test::logical(gn.forward(x)), ref.y, C::tol, C::tol));
+  const auto pos = test::grid_positions(std::size_t(dims[0]), std::size_t(groups),
+                                        C::layout == Eigen::RowMajor);
+  EXPECT_TRUE(test::all_close(test::gather(gn.saved_mean(), pos), ref.mean, C::tol, C::tol));
+  EXPECT_TRUE(test::all_close(test::gather(gn.saved_rstd(), pos), ref.rstd, C::tol, C::tol));
+  const auto grads = reference::grouped_norm_backward(test::logical(x), test::logical(dy),
+                                                      grouping, std::size_t(channels), gamma, 1e-5);
+  EXPECT_TRUE(test::all_close(test::logical(gn.backward(x, dy)), grads.dx, C::tol, C::tol));
+  if (c.affine) {
+    EXPECT_TRUE(test::all_close(test::to_vec(gn.weight_grad()), grads.dgamma, C::tol, C::tol));
+    EXPECT_TRUE(test::all_close(test::to_vec(gn.bias_grad()), grads.dbeta, C::tol, C::tol));
+  }
+}
+
+TYPED_TEST(GroupNormTest, MatchesReferenceForEveryRankAndOption) {
+  for (Case c : kCases) {
+    const bool last = c.channels_last;
+    check_against_reference<TypeParam>(std::array<Index, 2>{3, 6}, 3, c, 1);
+    check_against_reference<TypeParam>(last ? std::array<Index, 3>{2, 7, 6} : std::array<Index, 3>{2, 6, 7}, 2, c, 2);
+    check_against_reference<TypeParam>(last ? std::array<Index, 4>{2, 3, 4, 8} : std::array<Index, 4>{2, 8, 3, 4}, 4, c, 3);
+    check_against_reference<TypeParam>(last ? std::array<Index, 4>{2, 3, 4, 8} : std::array<Index, 4>{2, 8, 3, 4}, 1, c, 4);
+    check_against_reference<TypeParam>(last ? std::array<Index, 4>{2, 3, 4, 8} : std::array<Index, 4>{2, 8, 3, 4}, 8, c, 5);
+    check_against_reference<TypeParam>(last ? std::array<Index, 5>{2, 2, 3, 2, 6} : std::array<Index, 5>{2, 6, 2, 3, 2}, 3, c, 6);
+    check_against_reference<TypeParam>(last ? std::array<Index, 4>{1, 40, 30, 4} : std::array<Index, 4>{1, 4, 40, 30}, 2, c, 7);
+  }
+}
+
+template <int Layout, std::size_t Rank>
+void gradcheck(const std::array<Index, Rank>& dims, Index groups, Case c, unsigned seed) {
+  SCOPED_TRACE(::testing::Message() << "rank " << Rank << ", groups " << groups << ", affine "
+                                    << c.affine << ", channels_last " << c.channels_last);
+  const Index channels = dims[c.channels_last ? Rank - 1 : 1];
+  const std::size_t n = std::size_t(test::numel(dims));
+  const Vec x0 = test::random_vec(n, seed), g = test::random_vec(n, seed + 1);
+  const auto proto = make_gn<double>(groups, channels, c, seed + 2);
+  const Vec gamma0 = c.affine ? test::to_vec(proto.weight()) : Vec{};
+  const Vec beta0 = c.affine ? test::to_vec(proto.bias()) : Vec{};
+  auto loss = [&](const Vec& xv, const Vec& gamma, const Vec& beta) {
+    auto gn = make_gn<double>(groups, channels, c, seed + 2);
+    if (c.affine) {
+      gn.weight() = test::make_vector<double>(gamma);
+      gn.bias() = test::make_vector<double>(beta);
+    }
+    return test::dot(test::logical(gn.forward(test::make_tensor<double, Layout>(dims, xv))), g);
+  };
+  auto gn = make_gn<double>(groups, channels, c, seed + 2);
+  const auto x = test::make_tensor<double, Layout>(dims, x0);
+  gn.forward(x);
+  const auto dx = gn.backward(x, test::make_tensor<double, Layout>(dims, g));
+  EXPECT_TRUE(test::all_close(test::logical(dx),
+                              test::numeric_gradient([&](const Vec& v) { return loss(v, gamma0, beta0); }, x0),
+                              test::grad_rtol, test::grad_atol));
+  if (c.affine) {
+    EXPECT_TRUE(test::all_close(test::to_vec(gn.weight_grad()),
+                                test::numeric_gradient([&](const Vec& v) { return loss(x0, v, beta0); }, gamma0),
+                                test::grad_rtol, test::grad_atol));
+    EXPECT_TRUE(test::all_close(test::to_vec(gn.bias_grad()),
+                                test::numeric_gradient([&](const Vec& v) { return loss(x0, gamma0, v); }, beta0),
+                                test::grad_rtol, test::grad_atol));
+  }
+}
+
+template <int Layout>
+void gradcheck_all() {
+  for (Case c : kCases) {
+    const bool last = c.channels_last;
+    gradcheck<Layout>(std::array<Index, 2>{3, 4}, 2, c, 11);
+    gradcheck<Layout>(last ? std::array<Index, 3>{2, 3, 6} : std::array<Index, 3>{2, 6, 3}, 3, c, 12);
+    gradcheck<Layout>(last ? std::array<Index, 4>{2, 2, 3, 4} : std::array<Index, 4>{2, 4, 2, 3}, 2, c, 13);
+    gradcheck<Layout>(last ? std::array<Index, 5>{2, 1, 2, 2, 4} : std::array<Index, 5>{2, 4, 1, 2, 2}, 2, c, 14);
+  }
+}
+TEST(GroupNormGradcheck, RowMajor) { gradcheck_all<Eigen::RowMajor>(); }
+TEST(GroupNormGradcheck, ColMajor) { gradcheck_all<Eigen::ColMajor>(); }
+
+// G = 1 is LayerNorm over (C, H, W) with the weight repeated over H*W.
+TYPED_TEST(GroupNormTest, OneGroupIsLayerNormOverChannelsAndSpace) {
+  using S = typename TypeParam::scalar;
+  const std::array<Index, 4> dims{3, 4, 5, 6};
+  auto gn = make_gn<S>(1, 4, {true, false}, 21);
+  nl::LayerNorm<S> ln({4, 5, 6});
+  Vec w(120), b(120);
+  for (std::size_t i = 0; i < 120; ++i) {
+    w[i] = double(gn.weight()(Index(i / 30)));
+    b[i] = double(gn.bias()(Index(i / 30)));
+  }
+  ln.weight() = test::make_vector<S>(w);
+  ln.bias() = test::make_vector<S>(b);
+  const auto x = test::make_tensor<S, TypeParam::layout>(dims, test::random_vec(360, 22));
+  EXPECT_TRUE(test::all_close(test::logical(gn.forward(x)), test::logical(ln.forward(x)),
+                              TypeParam::tol, TypeParam::tol));
+}
+
+// G = C is InstanceNorm with affine parameters.
+TYPED_TEST(GroupNormTest, OneChannelPerGroupIsInstanceNorm) {
+  using S = typename TypeParam::scalar;
+  const std::array<Index, 4> dims{3, 4, 5, 6};
+  auto gn = make_gn<S>(4, 4, {true, false}, 31);
+  nl::InstanceNormOptions o;
+  o.affine = true;
+  nl::InstanceNorm<S> in(4, o);
+  in.weight() = gn.weight();
+  in.bias() = gn.bias();
+  const auto x = test::make_tensor<S, TypeParam::layout>(dims, test::random_vec(360, 32));
+  const auto dy = test::make_tensor<S, TypeParam::layout>(dims, test::random_vec(360, 33));
+  EXPECT_TRUE(test::all_close(test::logical(gn.forward(x)), test::logical(in.forward(x)),
+                              TypeParam::tol, TypeParam::tol));
+  EXPECT_TRUE(test::all_close(test::logical(gn.backward(x, dy)), test::logical(in.backward(x, dy)),
+                              TypeParam::tol, TypeParam::tol));
+  EXPECT_TRUE(test::all_close(test::to_vec(gn.weight_grad()), test::to_vec(in.weight_grad()),
+                              TypeParam::tol, TypeParam::tol));
+}
+
+TYPED_TEST(GroupNormTest, InputGradientSumsToZeroPerGroup) {
+  using S = typename TypeParam::scalar;
+  const std::array<Index, 4> dims{2, 6, 4, 5};
+  auto gn = make_gn<S>(3, 6, {true, false}, 41);
+  const auto x = test::make_tensor<S, TypeParam::layout>(dims, test::random_vec(240, 42));
+  gn.forward(x);
+  const Vec dx = test::logical(gn.backward(x, test::make_tensor<S, TypeParam::layout>(dims, test::random_vec(240, 43))));
+  const auto grouping = reference::group_by_sample_and_channel(dims_vec(dims), 1, 2);
+  Vec sum(grouping.num_stats, 0.0), mag(grouping.num_stats, 0.0);
+  for (std::size_t i = 0; i < dx.size(); ++i) sum[grouping.stat[i]] += dx[i], mag[grouping.stat[i]] += std::abs(dx[i]);
+  for (std::size_t s = 0; s < sum.size(); ++s) EXPECT_LE(std::abs(sum[s]), TypeParam::tol * mag[s]) << s;
+}
+
+TYPED_TEST(GroupNormTest, InPlaceAndFunctionalMatchModule) {
+  using S = typename TypeParam::scalar;
+  using Tensor = Eigen::Tensor<S, 4, TypeParam::layout>;
+  const std::array<Index, 4> dims{2, 3, 4, 6};
+  auto gn = make_gn<S>(3, 6, {true, true}, 51);
+  const Tensor x = test::make_tensor<S, TypeParam::layout>(dims, test::random_vec(144, 52));
+  const Tensor dy = test::make_tensor<S, TypeParam::layout>(dims, test::random_vec(144, 53));
+  const Tensor y = gn.forward(x);
+  const Tensor dx = gn.backward(x, dy);
+  Tensor inplace = x, grad = dy;
+  auto gn2 = make_gn<S>(3, 6, {true, true}, 51);
+  gn2.forward(inplace, inplace);
+  gn2.backward(x, grad, grad);
+  EXPECT_EQ(test::to_vec(inplace), test::to_vec(y));
+  EXPECT_EQ(test::to_vec(grad), test::to_vec(dx));
+  Tensor yf(dims), dxf(dims);
+  Eigen::Tensor<S, 1> mean(6), rstd(6), dw(6), db(6);
+  dw.setZero();
+  db.setZero();
+  nl::group_norm_forward(x, yf, 3, gn.weight(), gn.bias(), 1e-5, mean, rstd, true);
+  nl::group_norm_backward(x, dy, dxf, 3, gn.weight(), mean, rstd, dw, db, true);
+  EXPECT_EQ(test::to_vec(yf), test::to_vec(y));
+  EXPECT_EQ(test::to_vec(dxf), test::to_vec(dx));
+  EXPECT_EQ(test::to_vec(dw), test::to_vec(gn.weight_grad()));
+  EXPECT_EQ(test::to_vec(db), test::to_vec(gn.bias_grad()));
+}
+
+TEST(GroupNormNumerics, LargeMeanSmallSpreadInFloat) {
+  const std::array<Index, 4> dims{2, 8, 16, 16};
+  const Vec xv = test::random_vec(std::size_t(test::numel(dims)), 61, 1e4, 1.0);
+  nl::GroupNorm<float> gn(4, 8);
+  const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, xv);
+  const auto grouping = reference::group_by_sample_and_channel(dims_vec(dims), 1, 2);
+  const auto ref = reference::grouped_norm_forward(test::logical(x), grouping, {}, {}, 1e-5);
+  EXPECT_TRUE(test::all_close(test::logical(gn.forward(x)), ref.y, 0.0, 1e-2));
+}
+
+TEST(GroupNormModule, DefaultsAndModes) {
+  nl::GroupNorm<float> gn(2, 4);
+  EXPECT_EQ(gn.options().eps, 1e-5);
+  EXPECT_TRUE(gn.has_weight() && gn.has_bias());
+  Eigen::Tensor<float, 3, Eigen::RowMajor> x(2, 4, 3);
+  x.setRandom();
+  const Vec train = test::to_vec(gn.forward(x));
+  gn.eval();
+  EXPECT_EQ(test::to_vec(gn.forward(x)), train);
+}
+
+TEST(GroupNormErrors, BadInputsThrowAndChangeNothing) {
+  using T4 = Eigen::Tensor<float, 4, Eigen::RowMajor>;
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [] { nl::GroupNorm<float> g(3, 8); }, {"normlayers::GroupNorm", "num_channels 8 is not divisible by num_groups 3"}));
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [] { nl::GroupNorm<float> g(0, 8); }, {"normlayers::GroupNorm", "num_groups is 0"}));
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [] { nl::GroupNorm<float> g(2, -4); }, {"normlayers::GroupNorm", "num_channels is -4"}));
+  nl::GroupNormOptions o;
+  o.eps = -1;
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [&] { nl::GroupNorm<float> g(2, 4, o); }, {"normlayers::GroupNorm", "eps is -1"}));
+
+  nl::GroupNorm<float> gn(2, 4);
+  gn.weight().setRandom();
+  T4 x(2, 4, 3, 3), dy(2, 4, 3, 3);
+  x.setRandom();
+  dy.setRandom();
+  gn.forward(x);
+  gn.backward(x, dy);
+  const Vec w = test::to_vec(gn.weight()), wg = test::to_vec(gn.weight_grad());
+  const Vec mean = test::to_vec(gn.saved_mean());
+  T4 bad(2, 6, 3, 3), y_bad(2, 4, 3, 2), x2(3, 4, 3, 3);
+  bad.setRandom();
+  x2.setRandom();
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [&] { gn.forward(bad); }, {"normlayers::GroupNorm", "input has 6 channels at dim 1, expected 4"}));
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [&] { gn.forward(x, y_bad); }, {"normlayers::GroupNorm", "output has dims [2, 4, 3, 2]"}));
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [&] { gn.backward(x2, x2); }, {"normlayers::GroupNorm", "input has dims [3, 4, 3, 3]", "last forward"}));
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [&] { gn.backward(x, y_bad); }, {"normlayers::GroupNorm", "grad_output has dims [2, 4, 3, 2]"}));
+  Eigen::Tensor<float, 1> v(4);
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [&] { gn.forward(v); }, {"normlayers::GroupNorm", "input has dims [4]", "at least 2 dims"}));
+  EXPECT_EQ(test::to_vec(gn.weight()), w);
+  EXPECT_EQ(test::to_vec(gn.weight_grad()), wg);
+  EXPECT_EQ(test::to_vec(gn.saved_mean()), mean);
+  nl::GroupNorm<float> fresh(2, 4);
+  EXPECT_TRUE(test::throws_with<std::logic_error>(
+      [&] { fresh.backward(x, dy); }, {"normlayers::GroupNorm", "backward called before forward"}));
+  std::vector<float> short_w(3, 1.f);
+  T4 y(2, 4, 3, 3);
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [&] { nl::group_norm_forward(x, y, 2, short_w); },
+      {"normlayers::group_norm_forward", "weight has 3 elements, expected 4"}));
+}
+
+}  // namespace

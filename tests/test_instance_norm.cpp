@@ -1,0 +1,287 @@
+// SPDX-License-Identifier: MIT
+#include <normlayers/normlayers.hpp>
+
+#include <gtest/gtest.h>
+
+#include "reference.hpp"
+#include "test_support.hpp"
+
+namespace nl = normlayers;
+using test::Index;
+using test::Vec;
+
+namespace {
+
+template <typename C>
+class InstanceNormTest : public ::testing::Test {};
+TYPED_TEST_SUITE(InstanceNormTest, test::Configs, test::ConfigNames);
+
+struct Case {
+  bool affine;
+  bool channels_last;
+  bool track;
+  bool train;
+};
+
+std::vector<Case> all_cases() {
+  std::vector<Case> cases;
+  for (bool affine : {true, false})
+    for (bool last : {false, true})
+      for (bool track : {false, true})
+        for (bool train : {true, false}) cases.push_back({affine, last, track, train});
+  return cases;
+}
+
+template <std::size_t Rank>
+std::vector<long> dims_vec(const std::array<Index, Rank>& dims) {
+  return std::vector<long>(dims.begin(), dims.end());
+}
+
+template <typename S>
+nl::InstanceNorm<S> make_in(Index channels, Case c, unsigned seed) {
+  nl::InstanceNormOptions o;
+  o.affine = c.affine;
+  o.channels_last = c.channels_last;
+  o.track_running_stats = c.track;
+  nl::InstanceNorm<S> in(channels, o);
+  const std::size_t n = std::size_t(channels);
+  if (c.affine) {
+    in.weight() = test::make_vector<S>(test::random_vec(n, seed, 1.0, 0.5));
+    in.bias() = test::make_vector<S>(test::random_vec(n, seed + 1));
+  }
+  if (c.track) {
+    in.running_mean() = test::make_vector<S>(test::random_vec(n, seed + 2));
+    Vec var = test::random_vec(n, seed + 3);
+    for (double& v : var) v = 0.5 + v * v;
+    in.running_var() = test::make_vector<S>(var);
+  }
+  if (!c.train) in.eval();
+  return in;
+}
+
+// Running statistics of each channel repeated per instance, in reference order.
+Vec per_instance(const Vec& per_channel, std::size_t batch) {
+  Vec out;
+  for (std::size_t n = 0; n < batch; ++n) out.insert(out.end(), per_channel.begin(), per_channel.end());
+  return out;
+}
+
+template <typename C, std::size_t Rank>
+void check_against_reference(const std::array<Index, Rank>& dims, Case c, unsigned seed) {
+  using S = typename C::scalar;
+  SCOPED_TRACE(::testing::Message() << "rank " << Rank << ", affine " << c.affine
+                                    << ", channels_last " << c.channels_last << ", track "
+                                    << c.track << ", train " << c.train);
+  const std::size_t axis = c.channels_last ? Rank - 1 : 1;
+  const Index channels = dims[axis];
+  auto in = make_in<S>(channels, c, seed);
+  const std::size_t n = std::size_t(test::numel(dims));
+  const auto x = test::make_tensor<S, C::layout>(dims, test::random_vec(n, seed + 4, 0.7, 1.3));
+  const auto dy = test::make_tensor<S, C::layout>(dims, test::random_vec(n, seed + 5));
+  const Vec gamma = c.affine ? test::to_vec(in.weight()) : Vec{};
+  const Vec beta = c.affine ? test::to_vec(in.bias()) : Vec{};
+  const bool fixed = c.track && !c.train;
+  const std::size_t batch = std::size_t(dims[0]);
+  const Vec fm = fixed ? per_instance(test::to_vec(in.running_mean()), batch) : Vec{};
+  const Vec fv = fixed ? per_instance(test::to_vec(in.running_var()), batch) : Vec{};
+  const auto grouping = reference::group_by_sample_and_channel(dims_vec(dims), axis, 1);
+  const auto ref = reference::grouped_norm_forward(test::logical(x), grouping, gamma, beta, 1e-5, fm, fv);
+  EXPECT_TRUE(test::all_close(test::logical(in.forward(x)), ref.y, C::tol, C::tol));
+  const auto pos = test::grid_positions(batch, std::size_t(channels), C::layout == Eigen::RowMajor);
+  EXPECT_TRUE(test::all_close(test::gather(in.saved_mean(), pos), ref.mean, C::tol, C::tol));
+  EXPECT_TRUE(test::all_close(test::gather(in.saved_rstd(), pos), ref.rstd, C::tol, C::tol));
+  const auto grads = reference::grouped_norm_backward(test::logical(x), test::logical(dy), grouping,
+                                                      std::size_t(channels), gamma, 1e-5, fm, fv);
+  EXPECT_TRUE(test::all_close(test::logical(in.backward(x, dy)), grads.dx, C::tol, C::tol));
+  if (c.affine) {
+    EXPECT_TRUE(test::all_close(test::to_vec(in.weight_grad()), grads.dgamma, C::tol, C::tol));
+    EXPECT_TRUE(test::all_close(test::to_vec(in.bias_grad()), grads.dbeta, C::tol, C::tol));
+  }
+}
+
+TYPED_TEST(InstanceNormTest, MatchesReferenceForEveryRankAndOption) {
+  for (Case c : all_cases()) {
+    const bool last = c.channels_last;
+    check_against_reference<TypeParam>(last ? std::array<Index, 3>{3, 7, 4} : std::array<Index, 3>{3, 4, 7}, c, 1);
+    check_against_reference<TypeParam>(last ? std::array<Index, 4>{2, 3, 5, 3} : std::array<Index, 4>{2, 3, 3, 5}, c, 2);
+    check_against_reference<TypeParam>(last ? std::array<Index, 5>{2, 2, 3, 2, 3} : std::array<Index, 5>{2, 3, 2, 3, 2}, c, 3);
+    check_against_reference<TypeParam>(last ? std::array<Index, 4>{1, 40, 40, 2} : std::array<Index, 4>{1, 2, 40, 40}, c, 4);
+  }
+}
+
+template <int Layout, std::size_t Rank>
+void gradcheck(const std::array<Index, Rank>& dims, Case c, unsigned seed) {
+  SCOPED_TRACE(::testing::Message() << "rank " << Rank << ", affine " << c.affine
+                                    << ", channels_last " << c.channels_last << ", track "
+                                    << c.track << ", train " << c.train);
+  const Index channels = dims[c.channels_last ? Rank - 1 : 1];
+  const std::size_t n = std::size_t(test::numel(dims));
+  const Vec x0 = test::random_vec(n, seed), g = test::random_vec(n, seed + 1);
+  const auto proto = make_in<double>(channels, c, seed + 2);
+  const Vec gamma0 = c.affine ? test::to_vec(proto.weight()) : Vec{};
+  const Vec beta0 = c.affine ? test::to_vec(proto.bias()) : Vec{};
+  auto loss = [&](const Vec& xv, const Vec& gamma, const Vec& beta) {
+    auto in = make_in<double>(channels, c, seed + 2);
+    if (c.affine) {
+      in.weight() = test::make_vector<double>(gamma);
+      in.bias() = test::make_vector<double>(beta);
+    }
+    return test::dot(test::logical(in.forward(test::make_tensor<double, Layout>(dims, xv))), g);
+  };
+  auto in = make_in<double>(channels, c, seed + 2);
+  const auto x = test::make_tensor<double, Layout>(dims, x0);
+  in.forward(x);
+  const auto dx = in.backward(x, test::make_tensor<double, Layout>(dims, g));
+  EXPECT_TRUE(test::all_close(test::logical(dx),
+                              test::numeric_gradient([&](const Vec& v) { return loss(v, gamma0, beta0); }, x0),
+                              test::grad_rtol, test::grad_atol));
+  if (c.affine) {
+    EXPECT_TRUE(test::all_close(test::to_vec(in.weight_grad()),
+                                test::numeric_gradient([&](const Vec& v) { return loss(x0, v, beta0); }, gamma0),
+                                test::grad_rtol, test::grad_atol));
+    EXPECT_TRUE(test::all_close(test::to_vec(in.bias_grad()),
+                                test::numeric_gradient([&](const Vec& v) { return loss(x0, gamma0, v); }, beta0),
+                                test::grad_rtol, test::grad_atol));
+  }
+}
+
+template <int Layout>
+void gradcheck_all() {
+  for (Case c : all_cases()) {
+    const bool last = c.channels_last;
+    gradcheck<Layout>(last ? std::array<Index, 3>{2, 4, 3} : std::array<Index, 3>{2, 3, 4}, c, 11);
+    gradcheck<Layout>(last ? std::array<Index, 4>{2, 2, 3, 2} : std::array<Index, 4>{2, 2, 2, 3}, c, 12);
+    gradcheck<Layout>(last ? std::array<Index, 5>{2, 1, 2, 2, 2} : std::array<Index, 5>{2, 2, 1, 2, 2}, c, 13);
+  }
+}
+TEST(InstanceNormGradcheck, RowMajor) { gradcheck_all<Eigen::RowMajor>(); }
+TEST(InstanceNormGradcheck, ColMajor) { gradcheck_all<Eigen::ColMajor>(); }
+
+// Running statistics after 3 training steps, from PyTorch's rule: the
+// batch-mean of the instances' mean and unbiased variance, blended with
+// factor momentum (0 when unset); num_batches_tracked is not counted.
+TYPED_TEST(InstanceNormTest, RunningStatisticsFollowTheUpdateRule) {
+  using S = typename TypeParam::scalar;
+  const std::array<Index, 3> dims{4, 3, 6};
+  for (std::optional<double> momentum : {std::optional<double>(0.1), std::optional<double>()}) {
+    nl::InstanceNormOptions o;
+    o.track_running_stats = true;
+    o.momentum = momentum;
+    nl::InstanceNorm<S> in(3, o);
+    Vec rm(3, 0.0), rv(3, 1.0);
+    for (int step = 1; step <= 3; ++step) {
+      const auto x = test::make_tensor<S, TypeParam::layout>(dims, test::random_vec(72, 70u + unsigned(step), step, 1.0 + step));
+      in.forward(x);
+      const auto grouping = reference::group_by_sample_and_channel(dims_vec(dims), 1, 1);
+      const auto batch = reference::grouped_norm_forward(test::logical(x), grouping, {}, {}, 1e-5);
+      const double f = momentum.value_or(0.0);
+      for (std::size_t c = 0; c < 3; ++c) {
+        double mean = 0, var = 0;
+        for (std::size_t n = 0; n < 4; ++n) mean += batch.mean[n * 3 + c] / 4, var += batch.var[n * 3 + c] * 6.0 / 5.0 / 4;
+        rm[c] = (1 - f) * rm[c] + f * mean;
+        rv[c] = (1 - f) * rv[c] + f * var;
+      }
+    }
+    EXPECT_EQ(in.num_batches_tracked(), 0);
+    EXPECT_TRUE(test::all_close(test::to_vec(in.running_mean()), rm, TypeParam::tol, TypeParam::tol));
+    EXPECT_TRUE(test::all_close(test::to_vec(in.running_var()), rv, TypeParam::tol, TypeParam::tol));
+  }
+}
+
+TYPED_TEST(InstanceNormTest, FunctionalMatchesModule) {
+  using S = typename TypeParam::scalar;
+  using Tensor = Eigen::Tensor<S, 3, TypeParam::layout>;
+  const std::array<Index, 3> dims{3, 2, 9};
+  auto in = make_in<S>(2, {true, false, true, true}, 81);
+  auto fresh = make_in<S>(2, {true, false, true, true}, 81);
+  const Tensor x = test::make_tensor<S, TypeParam::layout>(dims, test::random_vec(54, 82));
+  const Tensor dy = test::make_tensor<S, TypeParam::layout>(dims, test::random_vec(54, 83));
+  const Tensor y = in.forward(x);
+  const Tensor dx = in.backward(x, dy);
+  Eigen::Tensor<S, 1> rm = fresh.running_mean(), rv = fresh.running_var();
+  Eigen::Tensor<S, 1> mean(6), rstd(6), dw(2), db(2);
+  dw.setZero();
+  db.setZero();
+  Tensor yf(dims), dxf(dims);
+  nl::instance_norm_forward(x, yf, fresh.weight(), fresh.bias(), rm, rv, true, 0.1, 1e-5, mean, rstd);
+  nl::instance_norm_backward(x, dy, dxf, fresh.weight(), mean, rstd, true, dw, db);
+  EXPECT_EQ(test::to_vec(yf), test::to_vec(y));
+  EXPECT_EQ(test::to_vec(rm), test::to_vec(in.running_mean()));
+  EXPECT_EQ(test::to_vec(rv), test::to_vec(in.running_var()));
+  EXPECT_EQ(test::to_vec(dxf), test::to_vec(dx));
+  EXPECT_EQ(test::to_vec(dw), test::to_vec(in.weight_grad()));
+  EXPECT_EQ(test::to_vec(db), test::to_vec(in.bias_grad()));
+}
+
+TEST(InstanceNormNumerics, LargeMeanSmallSpreadInFloat) {
+  const std::array<Index, 4> dims{2, 3, 32, 32};
+  const Vec xv = test::random_vec(std::size_t(test::numel(dims)), 91, 1e4, 1.0);
+  nl::InstanceNorm<float> in(3);
+  const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, xv);
+  const auto grouping = reference::group_by_sample_and_channel(dims_vec(dims), 1, 1);
+  const auto ref = reference::grouped_norm_forward(test::logical(x), grouping, {}, {}, 1e-5);
+  EXPECT_TRUE(test::all_close(test::logical(in.forward(x)), ref.y, 0.0, 1e-2));
+}
+
+TEST(InstanceNormModule, DefaultsFollowPyTorch) {
+  nl::InstanceNorm<float> in(3);
+  EXPECT_FALSE(in.has_weight());
+  EXPECT_FALSE(in.tracks_running_stats());
+  EXPECT_EQ(in.options().momentum, 0.1);
+  int count = 0;
+  in.for_each_parameter([&](std::string_view, auto&) { ++count; });
+  in.for_each_buffer([&](std::string_view, auto&) { ++count; });
+  EXPECT_EQ(count, 0);
+}
+
+TEST(InstanceNormErrors, BadInputsThrowAndChangeNothing) {
+  using T3 = Eigen::Tensor<float, 3, Eigen::RowMajor>;
+  nl::InstanceNormOptions o;
+  o.affine = true;
+  o.track_running_stats = true;
+  nl::InstanceNorm<float> in(3, o);
+  T3 x(2, 3, 5), dy(2, 3, 5);
+  x.setRandom();
+  dy.setRandom();
+  in.forward(x);
+  in.backward(x, dy);
+  const Vec rm = test::to_vec(in.running_mean()), rv = test::to_vec(in.running_var());
+  const Vec wg = test::to_vec(in.weight_grad()), mean = test::to_vec(in.saved_mean());
+  auto unchanged = [&] {
+    return test::to_vec(in.running_mean()) == rm && test::to_vec(in.running_var()) == rv &&
+           test::to_vec(in.weight_grad()) == wg && test::to_vec(in.saved_mean()) == mean;
+  };
+  T3 one(2, 3, 1), bad(2, 4, 5), y_bad(2, 3, 4);
+  one.setRandom();
+  bad.setRandom();
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [&] { in.forward(one); },
+      {"normlayers::InstanceNorm", "expected more than 1 spatial element when training", "[2, 3, 1]"}));
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [&] { in.forward(bad); }, {"normlayers::InstanceNorm", "input has 4 channels at dim 1, expected 3"}));
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [&] { in.forward(x, y_bad); }, {"normlayers::InstanceNorm", "output has dims [2, 3, 4]"}));
+  Eigen::Tensor<float, 2, Eigen::RowMajor> x2(2, 3);
+  x2.setRandom();
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [&] { in.forward(x2); }, {"normlayers::InstanceNorm", "input has dims [2, 3]", "at least 3 dims"}));
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [&] { in.backward(bad, bad); }, {"normlayers::InstanceNorm", "input has dims [2, 4, 5]", "last forward"}));
+  EXPECT_TRUE(unchanged());
+  in.eval();  // running statistics: one spatial element is fine
+  EXPECT_EQ(in.forward(one).size(), 6);
+
+  nl::InstanceNormOptions bad_opts;
+  bad_opts.momentum = 7.0;
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [&] { nl::InstanceNorm<float> b(3, bad_opts); }, {"normlayers::InstanceNorm", "momentum is 7"}));
+  EXPECT_TRUE(test::throws_with<std::invalid_argument>(
+      [&] { nl::InstanceNorm<float> b(-1); }, {"normlayers::InstanceNorm", "num_features is -1"}));
+  nl::InstanceNorm<float> fresh(3);
+  EXPECT_TRUE(test::throws_with<std::logic_error>(
+      [&] { fresh.backward(x, dy); }, {"normlayers::InstanceNorm", "backward called before forward"}));
+  EXPECT_TRUE(test::throws_with<std::logic_error>(
+      [&] { fresh.running_var(); }, {"normlayers::InstanceNorm", "track_running_stats is false"}));
+}
+
+}  // namespace
