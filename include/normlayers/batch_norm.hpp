@@ -6,10 +6,8 @@
 #include <utility>
 #include <vector>
 
-#include <normlayers/detail/affine_params.hpp>
-#include <normlayers/detail/running_stats.hpp>
+#include <normlayers/detail/running_module.hpp>
 #include <normlayers/functional.hpp>
-#include <normlayers/detail/module.hpp>
 #include <normlayers/options.hpp>
 
 namespace normlayers {
@@ -28,10 +26,9 @@ namespace normlayers {
 //   auto dx = bn.backward(x, dy);    // adds into bn.weight_grad(), bn.bias_grad()
 //   bn.eval();                       // running statistics from now on
 template <typename Scalar>
-class BatchNorm : public detail::module_base<BatchNorm<Scalar>, Scalar>,
-                  public detail::affine_params<detail::param_t<Scalar>>,
-                  public detail::running_stats<detail::param_t<Scalar>> {
-  using base = detail::module_base<BatchNorm<Scalar>, Scalar>;
+class BatchNorm : public detail::running_module<BatchNorm<Scalar>, Scalar> {
+  using base = detail::running_module<BatchNorm<Scalar>, Scalar>;
+  using module = detail::module_base<BatchNorm<Scalar>, Scalar>;
   using params = detail::affine_params<detail::param_t<Scalar>>;
   using buffers = detail::running_stats<detail::param_t<Scalar>>;
 
@@ -39,30 +36,17 @@ class BatchNorm : public detail::module_base<BatchNorm<Scalar>, Scalar>,
   using typename base::acc_type;
   using typename base::param_type;
   using typename base::stats_type;
-  using vector_type = typename params::vector_type;
-  using base::backward;
-  using base::forward;
+  using module::backward;
+  using module::forward;
 
   // Throws std::invalid_argument for num_features <= 0, eps < 0 or momentum
   // outside [0, 1].
   explicit BatchNorm(Eigen::Index num_features, BatchNormOptions options = {})
-      : base("BatchNorm"),
-        params("BatchNorm", detail::check_num_features("BatchNorm", num_features),
-               options.affine, options.affine),
-        buffers("BatchNorm", num_features, options.track_running_stats, options.momentum),
-        num_features_(num_features),
-        options_(options) {
-    detail::check_eps("BatchNorm", options.eps);
-  }
+      : base("BatchNorm", num_features, options.eps, options.momentum, options.affine,
+             options.track_running_stats),
+        options_(options) {}
 
-  Eigen::Index num_features() const noexcept { return num_features_; }
   const BatchNormOptions& options() const noexcept { return options_; }
-
-  // Running statistics reset, weight to one, bias to zero (PyTorch's reset_parameters).
-  void reset_parameters() {
-    buffers::reset_running_stats();
-    params::reset_affine();
-  }
 
   // y = BatchNorm(x) into a caller buffer of x's dims (may be x). Saves what
   // backward needs; in training mode updates the running statistics. An empty
@@ -71,25 +55,25 @@ class BatchNorm : public detail::module_base<BatchNorm<Scalar>, Scalar>,
   // per channel in training.
   template <typename X, typename Y>
   void forward(const X& x, Y&& y) {
-    base::template check_scalar<X>();
+    module::template check_scalar<X>();
     const bool training = this->is_training();
-    const auto g = detail::batch_norm_geometry(params::layer_name(), x, y, num_features_,
+    const auto g = detail::batch_norm_geometry(params::layer_name(), x, y, this->num_features(),
                                                options_.channels_last, training);
     const bool batch_stats = training || !buffers::tracks_running_stats();
-    stats_type& mean = base::next_mean(num_features_);
-    stats_type& rstd = base::next_rstd(num_features_);
-    stats_type var(num_features_);
+    stats_type& mean = module::next_mean(this->num_features());
+    stats_type& rstd = module::next_rstd(this->num_features());
+    stats_type var(this->num_features());
     std::vector<Eigen::Index> dims = detail::dims_of(x);
     detail::batch_norm_run(g, x, y, params::weight_span(), params::bias_span(), batch_stats,
                            buffers::running_mean_span(), buffers::running_var_span(),
-                           options_.eps, mean.data(), var.data(), rstd.data());
+                           this->eps(), mean.data(), var.data(), rstd.data());
     if (training && buffers::tracks_running_stats() && g.count > 0) {
       const acc_type unbias = static_cast<acc_type>(g.count) / static_cast<acc_type>(g.count - 1);
-      for (Eigen::Index c = 0; c < num_features_; ++c) var(c) *= unbias;
+      for (Eigen::Index c = 0; c < this->num_features(); ++c) var(c) *= unbias;
       buffers::update_running_stats(mean.data(), var.data());
     }
     saved_batch_stats_ = batch_stats;
-    base::save(dims);
+    module::save(dims);
   }
 
   // dx into a caller buffer for the x of the last forward, through the
@@ -99,20 +83,16 @@ class BatchNorm : public detail::module_base<BatchNorm<Scalar>, Scalar>,
   // differ from the last forward's.
   template <typename X, typename DY, typename DX>
   void backward(const X& x, const DY& dy, DX&& dx) {
-    base::check_backward_input(x);
+    module::check_backward_input(x);
     detail::batch_norm_backward_checked(
-        params::layer_name(), x, dy, dx, num_features_, options_.channels_last,
-        params::weight_span(), span<const acc_type>(base::saved_mean_tensor()),
-        span<const acc_type>(base::saved_rstd_tensor()), saved_batch_stats_,
+        params::layer_name(), x, dy, dx, this->num_features(), options_.channels_last,
+        params::weight_span(), span<const acc_type>(module::saved_mean_tensor()),
+        span<const acc_type>(module::saved_rstd_tensor()), saved_batch_stats_,
         params::weight_grad_span(), params::bias_grad_span());
   }
 
-  // The per-channel mean and 1/sqrt(var + eps) the last forward normalized with.
-  const stats_type& saved_mean() const noexcept { return base::saved_mean_tensor(); }
-  const stats_type& saved_rstd() const noexcept { return base::saved_rstd_tensor(); }
 
  private:
-  Eigen::Index num_features_;
   BatchNormOptions options_;
   bool saved_batch_stats_ = true;
 };
