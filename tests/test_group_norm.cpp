@@ -22,30 +22,26 @@ struct Case {
 };
 const Case kCases[] = {{true, false}, {true, true}, {false, false}, {false, true}};
 
-template <std::size_t Rank>
-std::vector<long> dims_vec(const std::array<Index, Rank>& dims) {
-  return std::vector<long>(dims.begin(), dims.end());
-}
-
 template <typename S>
 nl::GroupNorm<S> make_gn(Index groups, Index channels, Case c, unsigned seed) {
   nl::GroupNormOptions o;
   o.affine = c.affine;
   o.channels_last = c.channels_last;
   nl::GroupNorm<S> gn(groups, channels, o);
-  if (c.affine) {
-    gn.weight() = test::make_vector<S>(test::random_vec(std::size_t(channels), seed, 1.0, 0.5));
-    gn.bias() = test::make_vector<S>(test::random_vec(std::size_t(channels), seed + 1));
-  }
+  test::set_random_params(gn, seed);
   return gn;
+}
+
+::testing::Message describe(std::size_t rank, Index groups, Case c) {
+  return ::testing::Message() << "rank " << rank << ", groups " << groups << ", affine "
+                              << c.affine << ", channels_last " << c.channels_last;
 }
 
 template <typename C, std::size_t Rank>
 void check_against_reference(const std::array<Index, Rank>& dims, Index groups, Case c,
                              unsigned seed) {
   using S = typename C::scalar;
-  SCOPED_TRACE(::testing::Message() << "rank " << Rank << ", groups " << groups << ", affine "
-                                    << c.affine << ", channels_last " << c.channels_last);
+  SCOPED_TRACE(describe(Rank, groups, c));
   const std::size_t axis = c.channels_last ? Rank - 1 : 1;
   const Index channels = dims[axis];
   auto gn = make_gn<S>(groups, channels, c, seed);
@@ -54,7 +50,7 @@ void check_against_reference(const std::array<Index, Rank>& dims, Index groups, 
   const auto dy = test::make_tensor<S, C::layout>(dims, test::random_vec(n, seed + 3));
   const Vec gamma = c.affine ? test::to_vec(gn.weight()) : Vec{};
   const Vec beta = c.affine ? test::to_vec(gn.bias()) : Vec{};
-  const auto grouping = reference::group_by_sample_and_channel(dims_vec(dims), axis,
+  const auto grouping = reference::group_by_sample_and_channel(test::dims_vec(dims), axis,
                                                                std::size_t(channels / groups));
   const auto ref = reference::grouped_norm_forward(test::logical(x), grouping, gamma, beta, 1e-5);
   EXPECT_TRUE(test::all_close(test::logical(gn.forward(x)), ref.y, C::tol, C::tol));
@@ -64,11 +60,8 @@ void check_against_reference(const std::array<Index, Rank>& dims, Index groups, 
   EXPECT_TRUE(test::all_close(test::gather(gn.saved_rstd(), pos), ref.rstd, C::tol, C::tol));
   const auto grads = reference::grouped_norm_backward(test::logical(x), test::logical(dy),
                                                       grouping, std::size_t(channels), gamma, 1e-5);
-  EXPECT_TRUE(test::all_close(test::logical(gn.backward(x, dy)), grads.dx, C::tol, C::tol));
-  if (c.affine) {
-    EXPECT_TRUE(test::all_close(test::to_vec(gn.weight_grad()), grads.dgamma, C::tol, C::tol));
-    EXPECT_TRUE(test::all_close(test::to_vec(gn.bias_grad()), grads.dbeta, C::tol, C::tol));
-  }
+  test::expect_grads_close(test::logical(gn.backward(x, dy)), gn, grads, c.affine, c.affine,
+                           C::tol, C::tol);
 }
 
 TYPED_TEST(GroupNormTest, MatchesReferenceForEveryRankAndOption) {
@@ -86,37 +79,11 @@ TYPED_TEST(GroupNormTest, MatchesReferenceForEveryRankAndOption) {
 
 template <int Layout, std::size_t Rank>
 void gradcheck(const std::array<Index, Rank>& dims, Index groups, Case c, unsigned seed) {
-  SCOPED_TRACE(::testing::Message() << "rank " << Rank << ", groups " << groups << ", affine "
-                                    << c.affine << ", channels_last " << c.channels_last);
+  SCOPED_TRACE(describe(Rank, groups, c));
   const Index channels = dims[c.channels_last ? Rank - 1 : 1];
-  const std::size_t n = std::size_t(test::numel(dims));
-  const Vec x0 = test::random_vec(n, seed), g = test::random_vec(n, seed + 1);
-  const auto proto = make_gn<double>(groups, channels, c, seed + 2);
-  const Vec gamma0 = c.affine ? test::to_vec(proto.weight()) : Vec{};
-  const Vec beta0 = c.affine ? test::to_vec(proto.bias()) : Vec{};
-  auto loss = [&](const Vec& xv, const Vec& gamma, const Vec& beta) {
-    auto gn = make_gn<double>(groups, channels, c, seed + 2);
-    if (c.affine) {
-      gn.weight() = test::make_vector<double>(gamma);
-      gn.bias() = test::make_vector<double>(beta);
-    }
-    return test::dot(test::logical(gn.forward(test::make_tensor<double, Layout>(dims, xv))), g);
-  };
-  auto gn = make_gn<double>(groups, channels, c, seed + 2);
-  const auto x = test::make_tensor<double, Layout>(dims, x0);
-  gn.forward(x);
-  const auto dx = gn.backward(x, test::make_tensor<double, Layout>(dims, g));
-  EXPECT_TRUE(test::all_close(test::logical(dx),
-                              test::numeric_gradient([&](const Vec& v) { return loss(v, gamma0, beta0); }, x0),
-                              test::grad_rtol, test::grad_atol));
-  if (c.affine) {
-    EXPECT_TRUE(test::all_close(test::to_vec(gn.weight_grad()),
-                                test::numeric_gradient([&](const Vec& v) { return loss(x0, v, beta0); }, gamma0),
-                                test::grad_rtol, test::grad_atol));
-    EXPECT_TRUE(test::all_close(test::to_vec(gn.bias_grad()),
-                                test::numeric_gradient([&](const Vec& v) { return loss(x0, gamma0, v); }, beta0),
-                                test::grad_rtol, test::grad_atol));
-  }
+  test::gradcheck_module<Layout>(
+      dims, [&] { return make_gn<double>(groups, channels, c, seed + 2); }, c.affine, c.affine,
+      seed);
 }
 
 template <int Layout>
@@ -177,7 +144,7 @@ TYPED_TEST(GroupNormTest, InputGradientSumsToZeroPerGroup) {
   const auto x = test::make_tensor<S, TypeParam::layout>(dims, test::random_vec(240, 42));
   gn.forward(x);
   const Vec dx = test::logical(gn.backward(x, test::make_tensor<S, TypeParam::layout>(dims, test::random_vec(240, 43))));
-  const auto grouping = reference::group_by_sample_and_channel(dims_vec(dims), 1, 2);
+  const auto grouping = reference::group_by_sample_and_channel(test::dims_vec(dims), 1, 2);
   Vec sum(grouping.num_stats, 0.0), mag(grouping.num_stats, 0.0);
   for (std::size_t i = 0; i < dx.size(); ++i) sum[grouping.stat[i]] += dx[i], mag[grouping.stat[i]] += std::abs(dx[i]);
   for (std::size_t s = 0; s < sum.size(); ++s) EXPECT_LE(std::abs(sum[s]), TypeParam::tol * mag[s]) << s;
@@ -215,7 +182,7 @@ TEST(GroupNormNumerics, LargeMeanSmallSpreadInFloat) {
   const Vec xv = test::random_vec(std::size_t(test::numel(dims)), 61, 1e4, 1.0);
   nl::GroupNorm<float> gn(4, 8);
   const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, xv);
-  const auto grouping = reference::group_by_sample_and_channel(dims_vec(dims), 1, 2);
+  const auto grouping = reference::group_by_sample_and_channel(test::dims_vec(dims), 1, 2);
   const auto ref = reference::grouped_norm_forward(test::logical(x), grouping, {}, {}, 1e-5);
   EXPECT_TRUE(test::all_close(test::logical(gn.forward(x)), ref.y, 0.0, 1e-2));
 }

@@ -32,11 +32,6 @@ std::vector<Case> all_cases() {
   return cases;
 }
 
-template <std::size_t Rank>
-std::vector<long> dims_vec(const std::array<Index, Rank>& dims) {
-  return std::vector<long>(dims.begin(), dims.end());
-}
-
 template <typename S>
 nl::InstanceNorm<S> make_in(Index channels, Case c, unsigned seed) {
   nl::InstanceNormOptions o;
@@ -44,19 +39,15 @@ nl::InstanceNorm<S> make_in(Index channels, Case c, unsigned seed) {
   o.channels_last = c.channels_last;
   o.track_running_stats = c.track;
   nl::InstanceNorm<S> in(channels, o);
-  const std::size_t n = std::size_t(channels);
-  if (c.affine) {
-    in.weight() = test::make_vector<S>(test::random_vec(n, seed, 1.0, 0.5));
-    in.bias() = test::make_vector<S>(test::random_vec(n, seed + 1));
-  }
-  if (c.track) {
-    in.running_mean() = test::make_vector<S>(test::random_vec(n, seed + 2));
-    Vec var = test::random_vec(n, seed + 3);
-    for (double& v : var) v = 0.5 + v * v;
-    in.running_var() = test::make_vector<S>(var);
-  }
+  test::set_random_params(in, seed);
+  if (c.track) test::set_random_running_stats(in, seed + 2);
   if (!c.train) in.eval();
   return in;
+}
+
+::testing::Message describe(std::size_t rank, Case c) {
+  return ::testing::Message() << "rank " << rank << ", affine " << c.affine << ", channels_last "
+                              << c.channels_last << ", track " << c.track << ", train " << c.train;
 }
 
 // Running statistics of each channel repeated per instance, in reference order.
@@ -69,9 +60,7 @@ Vec per_instance(const Vec& per_channel, std::size_t batch) {
 template <typename C, std::size_t Rank>
 void check_against_reference(const std::array<Index, Rank>& dims, Case c, unsigned seed) {
   using S = typename C::scalar;
-  SCOPED_TRACE(::testing::Message() << "rank " << Rank << ", affine " << c.affine
-                                    << ", channels_last " << c.channels_last << ", track "
-                                    << c.track << ", train " << c.train);
+  SCOPED_TRACE(describe(Rank, c));
   const std::size_t axis = c.channels_last ? Rank - 1 : 1;
   const Index channels = dims[axis];
   auto in = make_in<S>(channels, c, seed);
@@ -84,7 +73,7 @@ void check_against_reference(const std::array<Index, Rank>& dims, Case c, unsign
   const std::size_t batch = std::size_t(dims[0]);
   const Vec fm = fixed ? per_instance(test::to_vec(in.running_mean()), batch) : Vec{};
   const Vec fv = fixed ? per_instance(test::to_vec(in.running_var()), batch) : Vec{};
-  const auto grouping = reference::group_by_sample_and_channel(dims_vec(dims), axis, 1);
+  const auto grouping = reference::group_by_sample_and_channel(test::dims_vec(dims), axis, 1);
   const auto ref = reference::grouped_norm_forward(test::logical(x), grouping, gamma, beta, 1e-5, fm, fv);
   EXPECT_TRUE(test::all_close(test::logical(in.forward(x)), ref.y, C::tol, C::tol));
   const auto pos = test::grid_positions(batch, std::size_t(channels), C::layout == Eigen::RowMajor);
@@ -92,11 +81,8 @@ void check_against_reference(const std::array<Index, Rank>& dims, Case c, unsign
   EXPECT_TRUE(test::all_close(test::gather(in.saved_rstd(), pos), ref.rstd, C::tol, C::tol));
   const auto grads = reference::grouped_norm_backward(test::logical(x), test::logical(dy), grouping,
                                                       std::size_t(channels), gamma, 1e-5, fm, fv);
-  EXPECT_TRUE(test::all_close(test::logical(in.backward(x, dy)), grads.dx, C::tol, C::tol));
-  if (c.affine) {
-    EXPECT_TRUE(test::all_close(test::to_vec(in.weight_grad()), grads.dgamma, C::tol, C::tol));
-    EXPECT_TRUE(test::all_close(test::to_vec(in.bias_grad()), grads.dbeta, C::tol, C::tol));
-  }
+  test::expect_grads_close(test::logical(in.backward(x, dy)), in, grads, c.affine, c.affine,
+                           C::tol, C::tol);
 }
 
 TYPED_TEST(InstanceNormTest, MatchesReferenceForEveryRankAndOption) {
@@ -111,38 +97,10 @@ TYPED_TEST(InstanceNormTest, MatchesReferenceForEveryRankAndOption) {
 
 template <int Layout, std::size_t Rank>
 void gradcheck(const std::array<Index, Rank>& dims, Case c, unsigned seed) {
-  SCOPED_TRACE(::testing::Message() << "rank " << Rank << ", affine " << c.affine
-                                    << ", channels_last " << c.channels_last << ", track "
-                                    << c.track << ", train " << c.train);
+  SCOPED_TRACE(describe(Rank, c));
   const Index channels = dims[c.channels_last ? Rank - 1 : 1];
-  const std::size_t n = std::size_t(test::numel(dims));
-  const Vec x0 = test::random_vec(n, seed), g = test::random_vec(n, seed + 1);
-  const auto proto = make_in<double>(channels, c, seed + 2);
-  const Vec gamma0 = c.affine ? test::to_vec(proto.weight()) : Vec{};
-  const Vec beta0 = c.affine ? test::to_vec(proto.bias()) : Vec{};
-  auto loss = [&](const Vec& xv, const Vec& gamma, const Vec& beta) {
-    auto in = make_in<double>(channels, c, seed + 2);
-    if (c.affine) {
-      in.weight() = test::make_vector<double>(gamma);
-      in.bias() = test::make_vector<double>(beta);
-    }
-    return test::dot(test::logical(in.forward(test::make_tensor<double, Layout>(dims, xv))), g);
-  };
-  auto in = make_in<double>(channels, c, seed + 2);
-  const auto x = test::make_tensor<double, Layout>(dims, x0);
-  in.forward(x);
-  const auto dx = in.backward(x, test::make_tensor<double, Layout>(dims, g));
-  EXPECT_TRUE(test::all_close(test::logical(dx),
-                              test::numeric_gradient([&](const Vec& v) { return loss(v, gamma0, beta0); }, x0),
-                              test::grad_rtol, test::grad_atol));
-  if (c.affine) {
-    EXPECT_TRUE(test::all_close(test::to_vec(in.weight_grad()),
-                                test::numeric_gradient([&](const Vec& v) { return loss(x0, v, beta0); }, gamma0),
-                                test::grad_rtol, test::grad_atol));
-    EXPECT_TRUE(test::all_close(test::to_vec(in.bias_grad()),
-                                test::numeric_gradient([&](const Vec& v) { return loss(x0, gamma0, v); }, beta0),
-                                test::grad_rtol, test::grad_atol));
-  }
+  test::gradcheck_module<Layout>(
+      dims, [&] { return make_in<double>(channels, c, seed + 2); }, c.affine, c.affine, seed);
 }
 
 template <int Layout>
@@ -172,7 +130,7 @@ TYPED_TEST(InstanceNormTest, RunningStatisticsFollowTheUpdateRule) {
     for (int step = 1; step <= 3; ++step) {
       const auto x = test::make_tensor<S, TypeParam::layout>(dims, test::random_vec(72, 70u + unsigned(step), step, 1.0 + step));
       in.forward(x);
-      const auto grouping = reference::group_by_sample_and_channel(dims_vec(dims), 1, 1);
+      const auto grouping = reference::group_by_sample_and_channel(test::dims_vec(dims), 1, 1);
       const auto batch = reference::grouped_norm_forward(test::logical(x), grouping, {}, {}, 1e-5);
       const double f = momentum.value_or(0.0);
       for (std::size_t c = 0; c < 3; ++c) {
@@ -218,7 +176,7 @@ TEST(InstanceNormNumerics, LargeMeanSmallSpreadInFloat) {
   const Vec xv = test::random_vec(std::size_t(test::numel(dims)), 91, 1e4, 1.0);
   nl::InstanceNorm<float> in(3);
   const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, xv);
-  const auto grouping = reference::group_by_sample_and_channel(dims_vec(dims), 1, 1);
+  const auto grouping = reference::group_by_sample_and_channel(test::dims_vec(dims), 1, 1);
   const auto ref = reference::grouped_norm_forward(test::logical(x), grouping, {}, {}, 1e-5);
   EXPECT_TRUE(test::all_close(test::logical(in.forward(x)), ref.y, 0.0, 1e-2));
 }

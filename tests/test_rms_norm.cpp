@@ -25,17 +25,28 @@ nl::RMSNormOptions options_of(bool affine, double eps) {
   return o;
 }
 
+// A module over normalized_shape `ns` with a random weight (when affine).
+template <typename S>
+nl::RMSNorm<S> make_rms(const nl::Shape& ns, bool affine, double eps, unsigned seed) {
+  nl::RMSNorm<S> rms(ns, options_of(affine, eps));
+  test::set_random_params(rms, seed);
+  return rms;
+}
+
+::testing::Message describe(std::size_t rank, std::size_t k, bool affine) {
+  return ::testing::Message() << "rank " << rank << ", k " << k << ", affine " << affine;
+}
+
 template <typename C, std::size_t Rank>
 void check_against_reference(const std::array<Index, Rank>& dims, std::size_t k, bool affine,
                              unsigned seed) {
   using S = typename C::scalar;
-  SCOPED_TRACE(::testing::Message() << "rank " << Rank << ", k " << k << ", affine " << affine);
-  const nl::Shape ns(dims.end() - std::ptrdiff_t(k), dims.end());
+  SCOPED_TRACE(describe(Rank, k, affine));
+  const nl::Shape ns = test::trailing_dims(dims, k);
   const std::size_t d = std::size_t(nl::detail::product(ns));
   const std::size_t n = std::size_t(test::numel(dims));
   const double eps = std::numeric_limits<S>::epsilon();
-  nl::RMSNorm<S> rms(ns, options_of(affine, eps));
-  if (affine) rms.weight() = test::make_vector<S>(test::random_vec(d, seed + 2, 1.0, 0.5));
+  auto rms = make_rms<S>(ns, affine, eps, seed + 2);
   const auto x = test::make_tensor<S, C::layout>(dims, test::random_vec(n, seed));
   const auto dy = test::make_tensor<S, C::layout>(dims, test::random_vec(n, seed + 1));
   const Vec gamma = affine ? test::to_vec(rms.weight()) : Vec{};
@@ -47,10 +58,8 @@ void check_against_reference(const std::array<Index, Rank>& dims, std::size_t k,
 
   const auto grads =
       reference::row_norm_backward(test::logical(x), test::logical(dy), d, gamma, eps, false);
-  EXPECT_TRUE(test::all_close(test::logical(rms.backward(x, dy)), grads.dx, C::tol, C::tol));
-  if (affine) {
-    EXPECT_TRUE(test::all_close(test::to_vec(rms.weight_grad()), grads.dgamma, C::tol, C::tol));
-  }
+  test::expect_grads_close(test::logical(rms.backward(x, dy)), rms, grads, affine, false, C::tol,
+                           C::tol);
 }
 
 TYPED_TEST(RMSNormTest, MatchesReferenceForEveryRankAndOption) {
@@ -66,29 +75,10 @@ TYPED_TEST(RMSNormTest, MatchesReferenceForEveryRankAndOption) {
 
 template <int Layout, std::size_t Rank>
 void gradcheck(const std::array<Index, Rank>& dims, std::size_t k, bool affine, unsigned seed) {
-  SCOPED_TRACE(::testing::Message() << "rank " << Rank << ", k " << k << ", affine " << affine);
-  const nl::Shape ns(dims.end() - std::ptrdiff_t(k), dims.end());
-  const std::size_t d = std::size_t(nl::detail::product(ns));
-  const std::size_t n = std::size_t(test::numel(dims));
-  const Vec x0 = test::random_vec(n, seed), g = test::random_vec(n, seed + 1);
-  const Vec gamma0 = test::random_vec(d, seed + 2, 1.0, 0.5);
-  const auto opts = options_of(affine, 1e-5);
-  auto loss = [&](const Vec& xv, const Vec& gamma) {
-    nl::RMSNorm<double> rms(ns, opts);
-    if (affine) rms.weight() = test::make_vector<double>(gamma);
-    return test::dot(test::logical(rms.forward(test::make_tensor<double, Layout>(dims, xv))), g);
-  };
-  nl::RMSNorm<double> rms(ns, opts);
-  if (affine) rms.weight() = test::make_vector<double>(gamma0);
-  const auto x = test::make_tensor<double, Layout>(dims, x0);
-  rms.forward(x);
-  const auto dx = rms.backward(x, test::make_tensor<double, Layout>(dims, g));
-  const Vec num_dx = test::numeric_gradient([&](const Vec& v) { return loss(v, gamma0); }, x0);
-  EXPECT_TRUE(test::all_close(test::logical(dx), num_dx, test::grad_rtol, test::grad_atol));
-  if (affine) {
-    const Vec num = test::numeric_gradient([&](const Vec& v) { return loss(x0, v); }, gamma0);
-    EXPECT_TRUE(test::all_close(test::to_vec(rms.weight_grad()), num, test::grad_rtol, test::grad_atol));
-  }
+  SCOPED_TRACE(describe(Rank, k, affine));
+  const nl::Shape ns = test::trailing_dims(dims, k);
+  test::gradcheck_module<Layout>(
+      dims, [&] { return make_rms<double>(ns, affine, 1e-5, seed + 2); }, affine, false, seed);
 }
 
 template <int Layout>
@@ -144,7 +134,7 @@ TYPED_TEST(RMSNormTest, InPlaceAndFunctionalMatchModule) {
   using Tensor = Eigen::Tensor<S, 2, TypeParam::layout>;
   const std::array<Index, 2> dims{5, 64};
   nl::RMSNorm<S> rms({64});
-  rms.weight() = test::make_vector<S>(test::random_vec(64, 31, 1.0, 0.5));
+  test::set_random_params(rms, 31);
   const Tensor x = test::make_tensor<S, TypeParam::layout>(dims, test::random_vec(320, 32));
   const Tensor dy = test::make_tensor<S, TypeParam::layout>(dims, test::random_vec(320, 33));
   const Tensor y = rms.forward(x);

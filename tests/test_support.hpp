@@ -14,6 +14,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <typeinfo>
 #include <vector>
 
@@ -57,6 +58,18 @@ Index numel(const std::array<Index, Rank>& dims) {
   Index n = 1;
   for (Index d : dims) n *= d;
   return n;
+}
+
+// The dims as the reference functions take them.
+template <std::size_t Rank>
+std::vector<long> dims_vec(const std::array<Index, Rank>& dims) {
+  return std::vector<long>(dims.begin(), dims.end());
+}
+
+// The trailing k dims (a LayerNorm/RMSNorm normalized_shape).
+template <std::size_t Rank>
+std::vector<Index> trailing_dims(const std::array<Index, Rank>& dims, std::size_t k) {
+  return std::vector<Index>(dims.end() - std::ptrdiff_t(k), dims.end());
 }
 
 // Visits every element of t in logical row-major order: f(flat, multi_index).
@@ -162,6 +175,88 @@ inline double dot(const Vec& a, const Vec& b) {
 // Gradcheck tolerances (torch.autograd.gradcheck's defaults).
 inline constexpr double grad_atol = 1e-5;
 inline constexpr double grad_rtol = 1e-3;
+
+// ---- modules: every layer has forward(x), backward(x, dy), has_weight(), has_bias(),
+// weight(), bias(), weight_grad(), bias_grad() (the last four throw when absent).
+
+// Random affine parameters where `m` has them: weight ~ N(1, 0.5) from `seed`,
+// bias ~ N(0, 1) from seed + 1.
+template <typename Module>
+void set_random_params(Module& m, unsigned seed) {
+  if (m.has_weight()) {
+    using P = typename std::decay_t<decltype(m.weight())>::Scalar;
+    m.weight() = make_vector<P>(random_vec(std::size_t(m.weight().size()), seed, 1.0, 0.5));
+  }
+  if (m.has_bias()) {
+    using P = typename std::decay_t<decltype(m.bias())>::Scalar;
+    m.bias() = make_vector<P>(random_vec(std::size_t(m.bias().size()), seed + 1));
+  }
+}
+
+// Random running statistics: mean ~ N(0, 1) from `seed`, var = 0.5 + N(0, 1)^2 from seed + 1.
+template <typename Module>
+void set_random_running_stats(Module& m, unsigned seed) {
+  using P = typename std::decay_t<decltype(m.running_mean())>::Scalar;
+  const std::size_t n = std::size_t(m.running_mean().size());
+  m.running_mean() = make_vector<P>(random_vec(n, seed));
+  Vec var = random_vec(n, seed + 1);
+  for (double& v : var) v = 0.5 + v * v;
+  m.running_var() = make_vector<P>(var);
+}
+
+// Checks dx, and weight_grad()/bias_grad() of `m` where expected, against
+// `want` (.dx, .dgamma, .dbeta). A module whose parameters are not the expected
+// ones fails here or throws.
+template <typename Module, typename Grads>
+void expect_grads_close(const Vec& dx, const Module& m, const Grads& want, bool has_weight,
+                        bool has_bias, double rtol, double atol, double dx_atol = -1) {
+  EXPECT_EQ(m.has_weight(), has_weight);
+  EXPECT_EQ(m.has_bias(), has_bias);
+  EXPECT_TRUE(all_close(dx, want.dx, rtol, dx_atol < 0 ? atol : dx_atol)) << "dx";
+  if (has_weight) {
+    EXPECT_TRUE(all_close(to_vec(m.weight_grad()), want.dgamma, rtol, atol)) << "weight_grad";
+  }
+  if (has_bias) {
+    EXPECT_TRUE(all_close(to_vec(m.bias_grad()), want.dbeta, rtol, atol)) << "bias_grad";
+  }
+}
+
+// Gradient check in double by central differences (torch.autograd.gradcheck:
+// step 1e-6, rtol grad_rtol, atol grad_atol) of loss = <forward(x), g> for dx,
+// weight_grad and bias_grad, with x = random_vec(n, seed), g = random_vec(n, seed + 1).
+// make() returns a freshly configured module of double (options, parameters,
+// running statistics, mode), the same on every call; the check perturbs x and
+// the parameters around make()'s values.
+template <int Layout, std::size_t Rank, typename MakeModule>
+void gradcheck_module(const std::array<Index, Rank>& dims, MakeModule make, bool has_weight,
+                      bool has_bias, unsigned seed) {
+  const std::size_t n = std::size_t(numel(dims));
+  const Vec x0 = random_vec(n, seed), g = random_vec(n, seed + 1);
+  const auto proto = make();
+  const Vec gamma0 = has_weight ? to_vec(proto.weight()) : Vec{};
+  const Vec beta0 = has_bias ? to_vec(proto.bias()) : Vec{};
+  auto loss = [&](const Vec& xv, const Vec& gamma, const Vec& beta) {
+    auto m = make();
+    if (has_weight) m.weight() = make_vector<double>(gamma);
+    if (has_bias) m.bias() = make_vector<double>(beta);
+    return dot(logical(m.forward(make_tensor<double, Layout>(dims, xv))), g);
+  };
+  auto m = make();
+  const auto x = make_tensor<double, Layout>(dims, x0);
+  m.forward(x);
+  const auto dx = m.backward(x, make_tensor<double, Layout>(dims, g));
+  struct {
+    Vec dx, dgamma, dbeta;
+  } num;
+  num.dx = numeric_gradient([&](const Vec& v) { return loss(v, gamma0, beta0); }, x0);
+  if (has_weight) {
+    num.dgamma = numeric_gradient([&](const Vec& v) { return loss(x0, v, beta0); }, gamma0);
+  }
+  if (has_bias) {
+    num.dbeta = numeric_gradient([&](const Vec& v) { return loss(x0, gamma0, v); }, beta0);
+  }
+  expect_grads_close(logical(dx), m, num, has_weight, has_bias, grad_rtol, grad_atol);
+}
 
 // Runs `f` and checks it throws E with every piece of `parts` in its message.
 template <typename E, typename F>
