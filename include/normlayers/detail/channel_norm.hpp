@@ -118,24 +118,24 @@ void stat_apply(const View& v, const T* x, T* y, const Acc* mean, const Acc* sca
   });
 }
 
-// sums[stat] = {sum dy, sum dy * (x - mean[stat])} for every statistic.
+// sum_dy[stat] = sum dy, sum_dyxc[stat] = sum dy * (x - mean[stat]) for every statistic.
 template <typename T, typename Acc>
-void stat_backward_reduce(const View& v, const T* x, const T* dy, const Acc* mean,
-                          kernels::Sum2<Acc>* sums) {
-  std::vector<kernels::Sum2<Acc>> scratch(static_cast<std::size_t>(v.T));
+void stat_backward_reduce(const View& v, const T* x, const T* dy, const Acc* mean, Acc* sum_dy,
+                          Acc* sum_dyxc) {
+  std::vector<Acc> scratch(static_cast<std::size_t>(2 * v.T));
   for_each_stat_block(v, [&](Index offset, Index stat, const kernels::Block& b) {
-    kernels::backward_reduce_block(x + offset, dy + offset, b, mean + stat, sums + stat,
-                                   scratch.data());
+    kernels::backward_reduce_block(x + offset, dy + offset, b, mean + stat, sum_dy + stat,
+                                   sum_dyxc + stat, scratch.data());
   });
 }
 
-// dx = k_dy * dy + k_xc * (x - mean) + k_0 with per-statistic arrays.
+// dx = (dy * u + v) * w + (x - mean) * z with per-statistic arrays.
 template <typename T, typename Acc>
 void stat_backward_apply(const View& v, const T* x, const T* dy, T* dx, const Acc* mean,
-                         const Acc* k_dy, const Acc* k_xc, const Acc* k_0) {
+                         const Acc* u, const Acc* shift, const Acc* w, const Acc* z) {
   for_each_stat_block(v, [&](Index offset, Index stat, const kernels::Block& b) {
-    kernels::backward_apply_block(x + offset, dy + offset, dx + offset, b, mean + stat,
-                                  k_dy + stat, k_xc + stat, k_0 + stat);
+    kernels::backward_apply_block(x + offset, dy + offset, dx + offset, b, mean + stat, u + stat,
+                                  shift + stat, w + stat, z + stat);
   });
 }
 
@@ -149,27 +149,28 @@ void channel_norm_backward(const View& v, const T* x, const T* dy, T* dx, const 
                            const Acc* mean, const Acc* rstd, bool batch_stats, Acc* dgamma,
                            Acc* dbeta) {
   const auto lanes = static_cast<std::size_t>(v.T);
-  std::vector<kernels::Sum2<Acc>> sums(lanes), scratch(lanes);
-  std::vector<Acc> k_dy(lanes), k_xc(lanes, Acc(0)), k_0(lanes, Acc(0));
+  std::vector<Acc> sum_dy(lanes), sum_dyxc(lanes), scratch(2 * lanes);
+  const std::vector<Acc> u(lanes, Acc(1));
+  std::vector<Acc> shift(lanes, Acc(0)), w(lanes), z(lanes, Acc(0));
   const bool need_sums = batch_stats || dgamma || dbeta;
   for_each_stat_block(v, [&](Index offset, Index stat, const kernels::Block& b) {
     if (need_sums)
-      kernels::backward_reduce_block(x + offset, dy + offset, b, mean + stat, sums.data(),
-                                     scratch.data());
+      kernels::backward_reduce_block(x + offset, dy + offset, b, mean + stat, sum_dy.data(),
+                                     sum_dyxc.data(), scratch.data());
     const Acc inv_m = Acc(1) / static_cast<Acc>(b.reduced());
     for (std::size_t t = 0; t < lanes; ++t) {
       const Index c = stat + Index(t);
       const Acc r = rstd[c], gr = r * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1));
-      k_dy[t] = gr;
+      w[t] = gr;
       if (batch_stats) {
-        k_xc[t] = -gr * r * r * sums[t].b * inv_m;
-        k_0[t] = -gr * sums[t].a * inv_m;
+        shift[t] = -sum_dy[t] * inv_m;
+        z[t] = -gr * r * r * sum_dyxc[t] * inv_m;
       }
-      if (dgamma) dgamma[c] += sums[t].b * r;
-      if (dbeta) dbeta[c] += sums[t].a;
+      if (dgamma) dgamma[c] += sum_dyxc[t] * r;
+      if (dbeta) dbeta[c] += sum_dy[t];
     }
-    kernels::backward_apply_block(x + offset, dy + offset, dx + offset, b, mean + stat,
-                                  k_dy.data(), k_xc.data(), k_0.data());
+    kernels::backward_apply_block(x + offset, dy + offset, dx + offset, b, mean + stat, u.data(),
+                                  shift.data(), w.data(), z.data());
   });
 }
 

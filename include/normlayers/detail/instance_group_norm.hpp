@@ -186,7 +186,7 @@ void group_norm_forward_run(const GroupGeometry& g, const T* x, T* y, const P* g
 
 // GroupNorm backward. Per (n, c): a = sum dy, b = sum dy*(x - mean_g); per
 // (n, g): A = sum_c gamma_c*a, B = sum_c gamma_c*b; then
-// dx = gamma_c*rstd*dy - rstd*A/M - (x - mean)*rstd^3*B/M, M = D * spatial.
+// dx = rstd*(gamma_c*dy - A/M) - (x - mean)*rstd^3*B/M, M = D * spatial.
 // dgamma_c += sum_n b*rstd, dbeta_c += sum_n a.
 template <typename T, typename P, typename Acc>
 void group_norm_backward_run(const GroupGeometry& g, const T* x, const T* dy, T* dx,
@@ -195,31 +195,33 @@ void group_norm_backward_run(const GroupGeometry& g, const T* x, const T* dy, T*
   const auto n = static_cast<std::size_t>(g.inst.num_stats());
   std::vector<Acc> m(n);
   for (std::size_t s = 0; s < n; ++s) m[s] = mean[g.group_stat_of(Index(s))];
-  std::vector<kernels::Sum2<Acc>> sums(n);
-  stat_backward_reduce(g.inst.view, x, dy, m.data(), sums.data());
-  std::vector<kernels::Sum2<Acc>> group_sums(static_cast<std::size_t>(g.num_group_stats()));
-  std::vector<Acc> a(n), b(n);
+  std::vector<Acc> a(n), b(n);  // per (n, c): sum dy, sum dy * (x - mean)
+  stat_backward_reduce(g.inst.view, x, dy, m.data(), a.data(), b.data());
+  const auto groups = static_cast<std::size_t>(g.num_group_stats());
+  std::vector<Acc> group_a(groups, Acc(0)), group_b(groups, Acc(0));
   for (std::size_t s = 0; s < n; ++s) {
     const Index c = g.inst.channel_of(Index(s));
     const Acc gc = gamma ? static_cast<Acc>(gamma[c]) : Acc(1);
-    group_sums[static_cast<std::size_t>(g.group_stat_of(Index(s)))] +=
-        kernels::Sum2<Acc>{gc * sums[s].a, gc * sums[s].b};
-    a[s] = sums[s].a;
-    b[s] = sums[s].b * rstd[g.group_stat_of(Index(s))];
+    const auto gs = static_cast<std::size_t>(g.group_stat_of(Index(s)));
+    group_a[gs] += gc * a[s];
+    group_b[gs] += gc * b[s];
+    b[s] *= rstd[gs];  // now dgamma's per-(n, c) term
   }
   if (dgamma) add_per_channel(g.inst, b, dgamma);
   if (dbeta) add_per_channel(g.inst, a, dbeta);
+  // dx = (gamma_c*dy - A/M) * rstd + (x - mean) * (-rstd^3 * B/M)
   const Acc inv_m = Acc(1) / static_cast<Acc>(g.count);
-  std::vector<Acc> k_dy(n), k_xc(n), k_0(n);
+  std::vector<Acc> u(n), v(n), w(n), z(n);
   for (std::size_t s = 0; s < n; ++s) {
     const auto gs = static_cast<std::size_t>(g.group_stat_of(Index(s)));
     const Index c = g.inst.channel_of(Index(s));
     const Acc r = rstd[gs];
-    k_dy[s] = r * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1));
-    k_xc[s] = -r * r * r * group_sums[gs].b * inv_m;
-    k_0[s] = -r * group_sums[gs].a * inv_m;
+    u[s] = gamma ? static_cast<Acc>(gamma[c]) : Acc(1);
+    v[s] = -group_a[gs] * inv_m;
+    w[s] = r;
+    z[s] = -r * r * r * group_b[gs] * inv_m;
   }
-  stat_backward_apply(g.inst.view, x, dy, dx, m.data(), k_dy.data(), k_xc.data(), k_0.data());
+  stat_backward_apply(g.inst.view, x, dy, dx, m.data(), u.data(), v.data(), w.data(), z.data());
 }
 
 }  // namespace normlayers::detail

@@ -1,15 +1,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-// Backward for norms whose affine parameters run along the reduced axis
-// (LayerNorm, RMSNorm), one block of S rows of `lanes` values, M = S values per
-// statistic, g = gamma[s] * dy:
-//   reduce:  A[t] = sum_s g,  B[t] = sum_s g * (x - mean[t]),
-//            dgamma[s] += sum_t dy * (x - mean[t]) * rstd[t],  dbeta[s] += sum_t dy
-//   apply:   dx = rstd*g - rstd*A/M - (x - mean)*rstd^3*B/M     (Centered: LayerNorm)
-//            dx = rstd*g - x*rstd^3*B/M                          (RMSNorm; mean is null)
-// gamma, dgamma, dbeta may be null. dx may alias dy (the reduce pass finishes
-// before the apply pass writes).
+// Backward kernels. dx may alias dy: every reduce pass over a block finishes
+// before the apply pass writes it.
 
 #include <algorithm>
 
@@ -18,73 +11,127 @@
 
 namespace normlayers::detail::kernels {
 
-template <bool Centered, typename Acc>
-inline Acc mean_at(const Acc* mean, Index t) {
-  if constexpr (Centered) {
-    return mean[t];
-  } else {
-    (void)mean;
-    (void)t;
-    return Acc(0);
-  }
-}
-
-// `scratch` holds 4 * lanes values.
-template <bool Centered, typename T, typename Acc, typename P>
-void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lanes,
-                             const Acc* mean, const Acc* rstd, const P* gamma, Acc* dgamma,
-                             Acc* dbeta, Acc* scratch) {
-  Acc* a = scratch;
-  Acc* b = scratch + lanes;
-  Acc* a_part = scratch + 2 * lanes;
-  Acc* b_part = scratch + 3 * lanes;
-  std::fill(scratch, scratch + 4 * lanes, Acc(0));
+// Norms whose affine parameters run along the reduced axis (LayerNorm,
+// RMSNorm), one block of S rows of `lanes` values, M = S values per statistic,
+// g = gamma[s] * dy, xc = x - mean[t] (x itself for RMSNorm: mean is null):
+//   reduce:  A[t] = sum_s g,  B[t] = sum_s g * xc,
+//            dgamma[s] += sum_t dy * xc * rstd[t],  dbeta[s] += sum_t dy
+//   apply:   dx = rstd*g - rstd*A/M - xc*rstd^3*B/M     (Centered: LayerNorm)
+//            dx = rstd*g - xc*rstd^3*B/M                 (RMSNorm)
+// gamma, dgamma, dbeta may be null. `scratch` holds 4 * lanes values.
+template <bool Centered, typename T, typename P>
+void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lanes, const T* mean,
+                             const T* rstd, const P* gamma, T* dgamma, T* dbeta, T* scratch) {
+  using Pk = packet_t<T>;
+  constexpr Index N = packet_size<T>;
+  T* a = scratch;
+  T* b = scratch + lanes;
+  T* c1 = scratch + 2 * lanes;
+  T* c2 = scratch + 3 * lanes;
   with_affine(gamma, static_cast<const P*>(nullptr), [&](auto has_gamma, auto) {
     constexpr bool G = decltype(has_gamma)::value;
-    // Reduce, in blocks of rows so the error grows with the block count.
-    const Index rows_per_block = lanes == 1 ? run_block : row_block;
-    for (Index s0 = 0; s0 < S; s0 += rows_per_block) {
-      const Index s1 = std::min(S, s0 + rows_per_block);
-      for (Index s = s0; s < s1; ++s) {
-        const Acc gs = scale_at<G, Acc>(gamma, s);
-        const T* xr = x + s * lanes;
-        const T* dyr = dy + s * lanes;
-        Acc dg = 0, db = 0;
-        for (Index t = 0; t < lanes; ++t) {
-          const Acc d = static_cast<Acc>(dyr[t]);
-          const Acc xc = static_cast<Acc>(xr[t]) - mean_at<Centered>(mean, t);
-          a_part[t] += gs * d;
-          b_part[t] += gs * d * xc;
-          dg += d * xc * rstd[t];
-          db += d;
+    if (lanes == 1) {
+      const T mu = Centered ? mean[0] : T(0), r = rstd[0];
+      // Reduce, fused with the parameter gradients of this row.
+      auto step = [&](auto xv, auto dv, Index s, auto& acc_a, auto& acc_b) {
+        using V = std::decay_t<decltype(xv)>;
+        const V xc = psub(xv, splat<V>(mu));
+        const V g = G ? pmul(dv, load_as<V>(gamma + s)) : dv;
+        acc_a = padd(acc_a, g);
+        acc_b = pmadd(g, xc, acc_b);
+        if (dgamma) {
+          const V dg = pmadd(pmul(dv, xc), splat<V>(r), load_as<V>(dgamma + s));
+          if constexpr (std::is_same_v<V, T>) {
+            dgamma[s] = dg;
+          } else {
+            store(dgamma + s, dg);
+          }
         }
-        if (dgamma) dgamma[s] += dg;
-        if (dbeta) dbeta[s] += db;
+        if (dbeta) {
+          const V db = padd(dv, load_as<V>(dbeta + s));
+          if constexpr (std::is_same_v<V, T>) {
+            dbeta[s] = db;
+          } else {
+            store(dbeta + s, db);
+          }
+        }
+      };
+      T sum_a = 0, sum_b = 0;
+      for (Index blk = 0; blk < S; blk += run_block) {
+        const Index e = std::min(S, blk + run_block);
+        Pk pa0 = splat<Pk>(T(0)), pb0 = pa0, pa1 = pa0, pb1 = pa0;
+        Index s = blk;
+        for (; s + 2 * N <= e; s += 2 * N) {
+          step(load(x + s), load(dy + s), s, pa0, pb0);
+          step(load(x + s + N), load(dy + s + N), s + N, pa1, pb1);
+        }
+        for (; s + N <= e; s += N) step(load(x + s), load(dy + s), s, pa0, pb0);
+        T ta = 0, tb = 0;
+        for (; s < e; ++s) step(x[s], dy[s], s, ta, tb);
+        sum_a += predux(padd(pa0, pa1)) + ta;
+        sum_b += predux(padd(pb0, pb1)) + tb;
       }
-      for (Index t = 0; t < lanes; ++t) {
-        a[t] += a_part[t];
-        b[t] += b_part[t];
-        a_part[t] = b_part[t] = 0;
+      // dx = (g - A/M) * r + xc * k1: g - A/M first, so the terms that cancel
+      // (exactly, for M = 1) do so before the scaling by r.
+      const T inv_m = T(1) / static_cast<T>(S);
+      const T v = Centered ? -sum_a * inv_m : T(0), k1 = -r * r * r * sum_b * inv_m;
+      map2_run(x, dy, dx, S, [&](auto xv, auto dv, Index s) {
+        using V = decltype(xv);
+        const V g = G ? pmul(dv, load_as<V>(gamma + s)) : dv;
+        return pmadd(padd(g, splat<V>(v)), splat<V>(r), pmul(psub(xv, splat<V>(mu)), splat<V>(k1)));
+      });
+      return;
+    }
+    // Lanes across statistics (column-major inputs): gamma[s] is one value
+    // per row, every lane its own statistic; c1/c2 hold the row-block partials.
+    std::fill(scratch, scratch + 4 * lanes, T(0));
+    Index rows = 0;
+    for (Index s = 0; s < S; ++s) {
+      const T gs = G ? static_cast<T>(gamma[s]) : T(1);
+      const T* xr = x + s * lanes;
+      const T* dr = dy + s * lanes;
+      Pk dg = splat<Pk>(T(0)), db = dg;
+      T dg_tail = 0, db_tail = 0;
+      auto lane_step = [&](auto xv, auto dv, Index t, auto& acc_g, auto& acc_b) {
+        using V = std::decay_t<decltype(xv)>;
+        const V xc = Centered ? psub(xv, load_as<V>(mean + t)) : xv;
+        const V g = pmul(splat<V>(gs), dv);
+        const V pa = padd(load_as<V>(c1 + t), g);
+        const V pb = pmadd(g, xc, load_as<V>(c2 + t));
+        if constexpr (std::is_same_v<V, T>) {
+          c1[t] = pa, c2[t] = pb;
+        } else {
+          store(c1 + t, pa), store(c2 + t, pb);
+        }
+        acc_g = pmadd(pmul(dv, xc), load_as<V>(rstd + t), acc_g);
+        acc_b = padd(acc_b, dv);
+      };
+      Index t = 0;
+      for (; t + N <= lanes; t += N) lane_step(load(xr + t), load(dr + t), t, dg, db);
+      for (; t < lanes; ++t) lane_step(xr[t], dr[t], t, dg_tail, db_tail);
+      if (dgamma) dgamma[s] += predux(dg) + dg_tail;
+      if (dbeta) dbeta[s] += predux(db) + db_tail;
+      if (++rows == row_block || s + 1 == S) {
+        for (Index l = 0; l < lanes; ++l) a[l] += c1[l], b[l] += c2[l], c1[l] = c2[l] = 0;
+        rows = 0;
       }
     }
-    // Apply: per lane, dx = r*g + c1 + xc*c2.
-    const Acc inv_m = Acc(1) / static_cast<Acc>(S);
-    Acc* c1 = a_part;  // reuse the partial buffers for the per-lane coefficients
-    Acc* c2 = b_part;
+    // dx = (g - A/M) * r + xc * k1 per lane; c1 = -A/M, c2 = k1.
+    const T inv_m = T(1) / static_cast<T>(S);
     for (Index t = 0; t < lanes; ++t) {
-      const Acc r = rstd[t];
-      c1[t] = Centered ? -r * a[t] * inv_m : Acc(0);
+      const T r = rstd[t];
+      c1[t] = Centered ? -a[t] * inv_m : T(0);
       c2[t] = -r * r * r * b[t] * inv_m;
     }
     for (Index s = 0; s < S; ++s) {
-      const Acc gs = scale_at<G, Acc>(gamma, s);
-      const T* xr = x + s * lanes;
-      const T* dyr = dy + s * lanes;
-      T* dxr = dx + s * lanes;
-      for (Index t = 0; t < lanes; ++t) {
-        const Acc xc = static_cast<Acc>(xr[t]) - mean_at<Centered>(mean, t);
-        dxr[t] = static_cast<T>(rstd[t] * gs * static_cast<Acc>(dyr[t]) + c1[t] + xc * c2[t]);
-      }
+      const T gs = G ? static_cast<T>(gamma[s]) : T(1);
+      const Index o = s * lanes;
+      map2_run(x + o, dy + o, dx + o, lanes, [&](auto xv, auto dv, Index t) {
+        using V = decltype(xv);
+        const V xc = Centered ? psub(xv, load_as<V>(mean + t)) : xv;
+        return pmadd(padd(pmul(splat<V>(gs), dv), load_as<V>(c1 + t)), load_as<V>(rstd + t),
+                     pmul(xc, load_as<V>(c2 + t)));
+      });
     }
   });
 }
@@ -93,28 +140,62 @@ void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lane
 
 namespace normlayers::detail::kernels {
 
-// Backward for norms whose affine parameters are constant over a statistic's
-// values (BatchNorm, InstanceNorm), over one block (see reduce.hpp).
-// Reduce: sums[t] = {sum dy, sum dy * (x - mean[t])}.
-template <typename T, typename Acc>
-void backward_reduce_block(const T* x, const T* dy, const Block& b, const Acc* mean,
-                           Sum2<Acc>* sums, Sum2<Acc>* scratch) {
-  reduce_block<Sum2<Acc>>(
-      b,
-      [&](Index i, Index t) {
-        const Acc d = static_cast<Acc>(dy[i]);
-        return Sum2<Acc>{d, d * (static_cast<Acc>(x[i]) - mean[t])};
+// Norms whose affine map is constant over each statistic (BatchNorm,
+// InstanceNorm, GroupNorm), over one block.
+// Reduce: sum_dy[t] = sum dy, sum_dyxc[t] = sum dy * (x - mean[t]).
+// `scratch` holds 2 * b.lanes values.
+template <typename T>
+void backward_reduce_block(const T* x, const T* dy, const Block& b, const T* mean, T* sum_dy,
+                           T* sum_dyxc, T* scratch) {
+  if (b.lanes == 1) {
+    const T m = mean[0];
+    T sa = 0, sb = 0;
+    for (Index q = 0; q < b.Q; ++q) {
+      T ra = 0, rb = 0;
+      const Index o = q * b.q_stride;
+      sum2_run(x + o, dy + o, b.S,
+               [m](auto xv, auto dv, auto& acc_a, auto& acc_b) {
+                 using V = std::decay_t<decltype(xv)>;
+                 acc_a = padd(acc_a, dv);
+                 acc_b = pmadd(dv, psub(xv, splat<V>(m)), acc_b);
+               },
+               ra, rb);
+      sa += ra;
+      sb += rb;
+    }
+    sum_dy[0] = sa;
+    sum_dyxc[0] = sb;
+    return;
+  }
+  sum2_lanes(
+      x, dy, b,
+      [mean](auto xv, auto dv, auto& acc_a, auto& acc_b, Index t) {
+        using V = std::decay_t<decltype(xv)>;
+        acc_a = padd(acc_a, dv);
+        acc_b = pmadd(dv, psub(xv, load_as<V>(mean + t)), acc_b);
       },
-      sums, scratch);
+      sum_dy, sum_dyxc, scratch);
 }
 
-// Apply: dx = k_dy[t] * dy + k_xc[t] * (x - mean[t]) + k_0[t]. dx may alias dy.
-template <typename T, typename Acc>
-void backward_apply_block(const T* x, const T* dy, T* dx, const Block& b, const Acc* mean,
-                          const Acc* k_dy, const Acc* k_xc, const Acc* k_0) {
-  for_each_in_block(b, [&](Index i, Index t) {
-    dx[i] = static_cast<T>(k_dy[t] * static_cast<Acc>(dy[i]) +
-                           k_xc[t] * (static_cast<Acc>(x[i]) - mean[t]) + k_0[t]);
+// Apply: dx = (dy * u[t] + v[t]) * w[t] + (x - mean[t]) * z[t], with dy * u
+// rounded before v is added, as the reduce pass summed it, so terms that
+// cancel (dy - mean(dy) for one value per statistic) cancel exactly.
+template <typename T>
+void backward_apply_block(const T* x, const T* dy, T* dx, const Block& b, const T* mean,
+                          const T* u, const T* v, const T* w, const T* z) {
+  if (b.lanes == 1) {
+    const T m = mean[0], u0 = u[0], v0 = v[0], w0 = w[0], z0 = z[0];
+    map2_block(x, dy, dx, b, [&](auto xv, auto dv, Index) {
+      using V = decltype(xv);
+      return pmadd(padd(pmul(dv, splat<V>(u0)), splat<V>(v0)), splat<V>(w0),
+                   pmul(psub(xv, splat<V>(m)), splat<V>(z0)));
+    });
+    return;
+  }
+  map2_block(x, dy, dx, b, [&](auto xv, auto dv, Index t) {
+    using V = decltype(xv);
+    return pmadd(padd(pmul(dv, load_as<V>(u + t)), load_as<V>(v + t)), load_as<V>(w + t),
+                 pmul(psub(xv, load_as<V>(mean + t)), load_as<V>(z + t)));
   });
 }
 

@@ -14,28 +14,46 @@
 namespace normlayers::detail::kernels {
 
 // mean[t], m2[t] for t < b.lanes. `scratch` holds b.lanes values.
-template <bool Centered, typename T, typename Acc>
-void block_moments(const T* x, const Block& b, Acc* mean, Acc* m2, Acc* scratch) {
+template <bool Centered, typename T>
+void block_moments(const T* x, const Block& b, T* mean, T* m2, T* scratch) {
   const Index m = b.reduced();
   if (m == 0) {
-    for (Index t = 0; t < b.lanes; ++t) mean[t] = m2[t] = std::numeric_limits<Acc>::quiet_NaN();
+    for (Index t = 0; t < b.lanes; ++t) mean[t] = m2[t] = std::numeric_limits<T>::quiet_NaN();
+    return;
+  }
+  if (b.lanes == 1) {
+    T mu = 0;
+    if constexpr (Centered) {
+      // sum (x - shift) = sum x - m * shift: exact-enough, even for |mean| >> std.
+      const T shift = x[0];
+      T sum = 0;
+      for (Index q = 0; q < b.Q; ++q)
+        sum += sum_run(x + q * b.q_stride, b.S,
+                       [shift](auto v) { return psub(v, splat<decltype(v)>(shift)); });
+      mu = shift + sum / static_cast<T>(m);
+    }
+    T ss = 0;
+    for (Index q = 0; q < b.Q; ++q)
+      ss += sum_run(x + q * b.q_stride, b.S, [mu](auto v) {
+        const auto d = psub(v, splat<decltype(v)>(mu));
+        return pmul(d, d);
+      });
+    mean[0] = mu;
+    m2[0] = ss;
     return;
   }
   if constexpr (Centered) {
-    // sum (x - x_first) per lane; x_first is x[t] itself.
-    reduce_block<Acc>(
-        b, [x](Index i, Index t) { return static_cast<Acc>(x[i]) - static_cast<Acc>(x[t]); },
-        mean, scratch);
-    for (Index t = 0; t < b.lanes; ++t)
-      mean[t] = static_cast<Acc>(x[t]) + mean[t] / static_cast<Acc>(m);
+    sum_lanes(
+        x, b, [x](auto v, Index t) { return psub(v, load_as<decltype(v)>(x + t)); }, mean, scratch);
+    for (Index t = 0; t < b.lanes; ++t) mean[t] = x[t] + mean[t] / static_cast<T>(m);
   } else {
-    for (Index t = 0; t < b.lanes; ++t) mean[t] = 0;
+    std::fill(mean, mean + b.lanes, T(0));
   }
-  reduce_block<Acc>(
-      b,
-      [x, mean](Index i, Index t) {
-        const Acc d = static_cast<Acc>(x[i]) - mean[t];
-        return d * d;
+  sum_lanes(
+      x, b,
+      [mean](auto v, Index t) {
+        const auto d = psub(v, load_as<decltype(v)>(mean + t));
+        return pmul(d, d);
       },
       m2, scratch);
 }

@@ -1,53 +1,63 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-// Forward apply for norms whose affine parameters run along the reduced axis
-// (LayerNorm, RMSNorm): one block of S rows of `lanes` values,
-//   y[s, t] = (x[s, t] - mean[t]) * rstd[t] * gamma[s] + beta[s]
-// gamma/beta may be null (1 and 0). y may alias x.
+// Forward apply kernels; y may alias x.
 
 #include <normlayers/detail/kernels/affine.hpp>
 #include <normlayers/detail/kernels/reduce.hpp>
 
 namespace normlayers::detail::kernels {
 
-template <typename T, typename Acc, typename P>
-void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, const Acc* mean,
-                              const Acc* rstd, const P* gamma, const P* beta) {
+// Norms whose affine parameters run along the reduced axis (LayerNorm,
+// RMSNorm): one block of S rows of `lanes` values,
+//   y[s, t] = (x[s, t] - mean[t]) * rstd[t] * gamma[s] + beta[s]
+// gamma/beta may be null (1 and 0).
+template <typename T, typename P>
+void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, const T* mean,
+                              const T* rstd, const P* gamma, const P* beta) {
   with_affine(gamma, beta, [&](auto has_gamma, auto has_beta) {
     constexpr bool G = decltype(has_gamma)::value;
     constexpr bool B = decltype(has_beta)::value;
     if (lanes == 1) {
-      const Acc mu = mean[0], r = rstd[0];
-      for (Index s = 0; s < S; ++s) {
-        y[s] = static_cast<T>((static_cast<Acc>(x[s]) - mu) * r * scale_at<G, Acc>(gamma, s) +
-                              shift_at<B, Acc>(beta, s));
-      }
+      const T mu = mean[0], r = rstd[0];
+      map_run(x, y, S, [&](auto v, Index s) {
+        using V = decltype(v);
+        V out = pmul(psub(v, splat<V>(mu)), splat<V>(r));
+        if constexpr (G) out = pmul(out, load_as<V>(gamma + s));
+        if constexpr (B) out = padd(out, load_as<V>(beta + s));
+        return out;
+      });
       return;
     }
     for (Index s = 0; s < S; ++s) {
-      const Acc g = scale_at<G, Acc>(gamma, s), b = shift_at<B, Acc>(beta, s);
-      const T* xr = x + s * lanes;
-      T* yr = y + s * lanes;
-      for (Index t = 0; t < lanes; ++t)
-        yr[t] = static_cast<T>((static_cast<Acc>(xr[t]) - mean[t]) * rstd[t] * g + b);
+      const T g = G ? static_cast<T>(gamma[s]) : T(1), b = B ? static_cast<T>(beta[s]) : T(0);
+      map_run(x + s * lanes, y + s * lanes, lanes, [&](auto v, Index t) {
+        using V = decltype(v);
+        return pmadd(pmul(psub(v, load_as<V>(mean + t)), load_as<V>(rstd + t)), splat<V>(g),
+                     splat<V>(b));
+      });
     }
   });
 }
 
-}  // namespace normlayers::detail::kernels
-
-namespace normlayers::detail::kernels {
-
-// Forward apply for norms whose affine parameters are constant over a
-// statistic's values (BatchNorm, InstanceNorm): over one block (see reduce.hpp),
-//   y = (x - mean[t]) * scale[t] + shift[t],
-// with scale = rstd * gamma and shift = beta precomputed per statistic. y may alias x.
-template <typename T, typename Acc>
-void normalize_block_per_stat(const T* x, T* y, const Block& b, const Acc* mean, const Acc* scale,
-                              const Acc* shift) {
-  for_each_in_block(b, [&](Index i, Index t) {
-    y[i] = static_cast<T>((static_cast<Acc>(x[i]) - mean[t]) * scale[t] + shift[t]);
+// Norms whose affine map is constant over each statistic (BatchNorm,
+// InstanceNorm, GroupNorm's apply): over one block,
+//   y = (x - mean[t]) * scale[t] + shift[t]
+// with scale = rstd * gamma and shift = beta precomputed per statistic.
+template <typename T>
+void normalize_block_per_stat(const T* x, T* y, const Block& b, const T* mean, const T* scale,
+                              const T* shift) {
+  if (b.lanes == 1) {
+    const T m = mean[0], sc = scale[0], sh = shift[0];
+    map_block(x, y, b, [&](auto v, Index) {
+      using V = decltype(v);
+      return pmadd(psub(v, splat<V>(m)), splat<V>(sc), splat<V>(sh));
+    });
+    return;
+  }
+  map_block(x, y, b, [&](auto v, Index t) {
+    using V = decltype(v);
+    return pmadd(psub(v, load_as<V>(mean + t)), load_as<V>(scale + t), load_as<V>(shift + t));
   });
 }
 

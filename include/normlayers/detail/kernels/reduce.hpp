@@ -1,23 +1,21 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-// Summation in a fixed order whose rounding error grows with the block length
-// plus the number of blocks rather than with n. Every sum over a statistic's
-// values goes through reduce_block, so there is one place to tune (and one
-// order to keep for bitwise determinism across thread counts).
-//
-// A statistic block of the canonical view (all t lanes of one (p, r)) is Q
-// runs, q_stride apart, of S rows of `lanes` contiguous values. The summand is
-// a function of the offset in the block and the lane, so one pass can read
-// several arrays; V is the accumulator (a scalar, or Sum2 for two sums).
+// Reductions and element-wise passes over one statistic block of the canonical
+// view: Q runs, q_stride apart, of S rows of `lanes` contiguous values (see
+// view.hpp). With lanes == 1 a run is contiguous and is reduced along its
+// length (sum_run); with lanes > 1 every row holds one value of each of
+// `lanes` statistics and the sums run across rows, vector lanes across
+// statistics. Every sum over a statistic's values goes through here, in an
+// order fixed by the block's shape alone (so results do not depend on the
+// thread count), with partial sums per block of rows so the rounding error
+// grows with the block length plus the number of blocks, not with n.
 
 #include <algorithm>
 
-#include <unsupported/Eigen/CXX11/Tensor>
+#include <normlayers/detail/kernels/simd.hpp>
 
 namespace normlayers::detail::kernels {
-
-using Index = Eigen::Index;
 
 struct Block {
   Index Q = 1, S = 1, lanes = 1, q_stride = 0;
@@ -28,72 +26,111 @@ struct Block {
 template <typename Acc>
 struct Sum2 {
   Acc a = 0, b = 0;
-  Sum2& operator+=(const Sum2& o) {
-    a += o.a;
-    b += o.b;
-    return *this;
-  }
-  friend Sum2 operator+(Sum2 l, const Sum2& r) { return l += r; }
 };
 
-inline constexpr Index run_block = 1024;  // values per partial sum, contiguous runs
-inline constexpr Index row_block = 128;   // rows per partial sum, lane sums
+inline constexpr Index row_block = 128;  // rows per partial sum, lane sums
 
-// sum of f(i) for i < n: 8 independent accumulators per block of `run_block`
-// values, combined pairwise; block sums added in order.
-template <typename V, typename F>
-V reduce_run(Index n, F f) {
-  constexpr Index ways = 8;
-  V total{};
-  for (Index b = 0; b < n; b += run_block) {
-    const Index e = std::min(n, b + run_block);
-    V acc[ways] = {};
-    Index i = b;
-    for (; i + ways <= e; i += ways)
-      for (Index l = 0; l < ways; ++l) acc[l] += f(i + l);
-    for (Index l = 0; i < e; ++i, ++l) acc[l] += f(i);
-    total += ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-  }
-  return total;
-}
-
-// out[t] = sum over the block of f(offset, t) for every lane t, where offset is
-// the element's offset from the block start. `partial` is scratch of b.lanes
-// values (unused when lanes == 1).
-template <typename V, typename F>
-void reduce_block(const Block& b, F f, V* out, V* partial) {
-  if (b.lanes == 1) {
-    V total{};
-    for (Index q = 0; q < b.Q; ++q) {
-      const Index base = q * b.q_stride;
-      total += reduce_run<V>(b.S, [&](Index i) { return f(base + i, Index(0)); });
-    }
-    out[0] = total;
-    return;
-  }
-  std::fill(out, out + b.lanes, V{});
-  std::fill(partial, partial + b.lanes, V{});
-  Index rows_in_partial = 0;
-  for (Index q = 0; q < b.Q; ++q) {
-    for (Index s = 0; s < b.S; ++s) {
-      const Index row = q * b.q_stride + s * b.lanes;
-      for (Index t = 0; t < b.lanes; ++t) partial[t] += f(row + t, t);
-      if (++rows_in_partial == row_block) {
-        for (Index t = 0; t < b.lanes; ++t) out[t] += partial[t], partial[t] = V{};
-        rows_in_partial = 0;
-      }
-    }
-  }
-  for (Index t = 0; t < b.lanes; ++t) out[t] += partial[t];
-}
-
-// Calls f(offset, t) for every element of the block, in memory order.
-template <typename F>
-void for_each_in_block(const Block& b, F f) {
+// Calls f(row_offset) for every row of the block in memory order, and
+// flush() after every row_block rows and at the end.
+template <typename F, typename Flush>
+void for_each_row(const Block& b, F f, Flush flush) {
+  Index rows = 0;
   for (Index q = 0; q < b.Q; ++q)
     for (Index s = 0; s < b.S; ++s) {
-      const Index row = q * b.q_stride + s * b.lanes;
-      for (Index t = 0; t < b.lanes; ++t) f(row + t, t);
+      f(q * b.q_stride + s * b.lanes);
+      if (++rows == row_block) flush(), rows = 0;
+    }
+  flush();
+}
+
+// out[t] = sum over the block's rows of f(x[row + t], t) for every lane;
+// f(v, t) takes a packet of lanes t.. (or a scalar in the tail). `partial`
+// is scratch of b.lanes values.
+template <typename T, typename F>
+void sum_lanes(const T* x, const Block& b, F f, T* out, T* partial) {
+  constexpr Index N = packet_size<T>;
+  const Index L = b.lanes;
+  std::fill(out, out + L, T(0));
+  std::fill(partial, partial + L, T(0));
+  for_each_row(
+      b,
+      [&](Index row) {
+        const T* xr = x + row;
+        Index t = 0;
+        for (; t + N <= L; t += N) store(partial + t, padd(load(partial + t), f(load(xr + t), t)));
+        for (; t < L; ++t) partial[t] += f(xr[t], t);
+      },
+      [&] {
+        for (Index t = 0; t < L; ++t) out[t] += partial[t], partial[t] = 0;
+      });
+}
+
+// Two lane sums over two arrays: f(x, y, a, b, t) adds into a and b.
+// `partial` is scratch of 2 * b.lanes values.
+template <typename T, typename F>
+void sum2_lanes(const T* x, const T* y, const Block& b, F f, T* out_a, T* out_b, T* partial) {
+  using P = packet_t<T>;
+  constexpr Index N = packet_size<T>;
+  const Index L = b.lanes;
+  T* pa = partial;
+  T* pb = partial + L;
+  std::fill(out_a, out_a + L, T(0));
+  std::fill(out_b, out_b + L, T(0));
+  std::fill(partial, partial + 2 * L, T(0));
+  for_each_row(
+      b,
+      [&](Index row) {
+        Index t = 0;
+        for (; t + N <= L; t += N) {
+          P a = load(pa + t), c = load(pb + t);
+          f(load(x + row + t), load(y + row + t), a, c, t);
+          store(pa + t, a);
+          store(pb + t, c);
+        }
+        for (; t < L; ++t) f(x[row + t], y[row + t], pa[t], pb[t], t);
+      },
+      [&] {
+        for (Index t = 0; t < L; ++t) {
+          out_a[t] += pa[t], out_b[t] += pb[t];
+          pa[t] = pb[t] = 0;
+        }
+      });
+}
+
+// out[i] = f(x[i], t) for every value of the block, t the lane (of a packet's
+// first value); with lanes == 1, t = 0 throughout.
+template <typename T, typename F>
+void map_block(const T* x, T* out, const Block& b, F f) {
+  const Index L = b.lanes;
+  if (L == 1) {
+    for (Index q = 0; q < b.Q; ++q) {
+      const Index o = q * b.q_stride;
+      map_run(x + o, out + o, b.S, [&](auto v, Index) { return f(v, Index(0)); });
+    }
+    return;
+  }
+  for (Index q = 0; q < b.Q; ++q)
+    for (Index s = 0; s < b.S; ++s) {
+      const Index o = q * b.q_stride + s * L;
+      map_run(x + o, out + o, L, f);
+    }
+}
+
+// out[i] = f(x[i], y[i], t): map_block over two inputs.
+template <typename T, typename F>
+void map2_block(const T* x, const T* y, T* out, const Block& b, F f) {
+  const Index L = b.lanes;
+  if (L == 1) {
+    for (Index q = 0; q < b.Q; ++q) {
+      const Index o = q * b.q_stride;
+      map2_run(x + o, y + o, out + o, b.S, [&](auto xv, auto yv, Index) { return f(xv, yv, Index(0)); });
+    }
+    return;
+  }
+  for (Index q = 0; q < b.Q; ++q)
+    for (Index s = 0; s < b.S; ++s) {
+      const Index o = q * b.q_stride + s * L;
+      map2_run(x + o, y + o, out + o, L, f);
     }
 }
 
