@@ -66,7 +66,7 @@ class BatchNorm : public detail::running_module<BatchNorm<Scalar>, Scalar> {
     std::vector<Eigen::Index> dims = detail::dims_of(x);
     detail::batch_norm_run(g, x, y, params::weight_span(), params::bias_span(), batch_stats,
                            buffers::running_mean_span(), buffers::running_var_span(),
-                           this->eps(), mean.data(), var.data(), rstd.data());
+                           this->eps(), mean.data(), var.data(), rstd.data(), module::parallel());
     if (training && buffers::tracks_running_stats() && g.count > 0) {
       const acc_type unbias = static_cast<acc_type>(g.count) / static_cast<acc_type>(g.count - 1);
       for (Eigen::Index c = 0; c < this->num_features(); ++c) var(c) *= unbias;
@@ -88,7 +88,7 @@ class BatchNorm : public detail::running_module<BatchNorm<Scalar>, Scalar> {
         params::layer_name(), x, dy, dx, this->num_features(), options_.channels_last,
         params::weight_span(), span<const acc_type>(module::saved_mean_tensor()),
         span<const acc_type>(module::saved_rstd_tensor()), saved_batch_stats_,
-        params::weight_grad_span(), params::bias_grad_span());
+        params::weight_grad_span(), params::bias_grad_span(), module::parallel());
   }
 
 

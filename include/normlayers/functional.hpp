@@ -16,6 +16,8 @@
 //   storage order of the statistic axes.
 // - A violated precondition throws std::invalid_argument before anything is
 //   written.
+// - The last argument, a normlayers::Parallel, says where the loops run
+//   (default: the calling thread); results are the same for any thread count.
 
 #include <algorithm>
 #include <limits>
@@ -29,6 +31,7 @@
 #include <normlayers/detail/tensor.hpp>
 #include <normlayers/detail/trailing_norm.hpp>
 #include <normlayers/errors.hpp>
+#include <normlayers/parallel.hpp>
 #include <normlayers/span.hpp>
 
 namespace normlayers {
@@ -47,7 +50,8 @@ namespace detail {
 template <bool Centered, typename X, typename Y>
 void trailing_forward_checked(const char* layer, const X& x, Y& y, const Shape& normalized_shape,
                               span<const param_of<X>> weight, span<const param_of<X>> bias,
-                              double eps, span<acc_of<X>> mean, span<acc_of<X>> rstd) {
+                              double eps, span<acc_of<X>> mean, span<acc_of<X>> rstd,
+                              const Parallel& parallel) {
   static_assert(is_supported_scalar_v<scalar_of<X>>, "normlayers supports float and double");
   check_eps(layer, eps);
   const TrailingGeometry g = trailing_geometry(layer, x, normalized_shape);
@@ -56,7 +60,7 @@ void trailing_forward_checked(const char* layer, const X& x, Y& y, const Shape& 
   check_size(layer, "bias", bias, g.size, "the product of normalized_shape");
   check_size(layer, "mean", mean, g.rows, "one per normalized row");
   check_size(layer, "rstd", rstd, g.rows, "one per normalized row");
-  trailing_norm_forward<Centered>(g, param_order(normalized_shape, tensor_traits<X>::row_major),
+  trailing_norm_forward<Centered>(g, parallel, param_order(normalized_shape, tensor_traits<X>::row_major),
                                   x.data(), y.data(), weight, bias,
                                   static_cast<acc_of<X>>(eps), mean.data(), rstd.data());
 }
@@ -65,7 +69,8 @@ template <bool Centered, typename X, typename DY, typename DX>
 void trailing_backward_checked(const char* layer, const X& x, const DY& dy, DX& dx,
                                const Shape& normalized_shape, span<const param_of<X>> weight,
                                span<const acc_of<X>> mean, span<const acc_of<X>> rstd,
-                               span<param_of<X>> weight_grad, span<param_of<X>> bias_grad) {
+                               span<param_of<X>> weight_grad, span<param_of<X>> bias_grad,
+                               const Parallel& parallel) {
   static_assert(is_supported_scalar_v<scalar_of<X>>, "normlayers supports float and double");
   const TrailingGeometry g = trailing_geometry(layer, x, normalized_shape);
   check_same_dims(layer, "grad_output", dy, "the input's", x);
@@ -79,7 +84,7 @@ void trailing_backward_checked(const char* layer, const X& x, const DY& dy, DX& 
   if (!rstd || rstd.size() != g.rows)
     throw_invalid(layer, "rstd has ", rstd.size(), " elements, expected ", g.rows,
                   " (one per normalized row, from the forward)");
-  trailing_norm_backward<Centered>(g, param_order(normalized_shape, tensor_traits<X>::row_major),
+  trailing_norm_backward<Centered>(g, parallel, param_order(normalized_shape, tensor_traits<X>::row_major),
                                    x.data(), dy.data(), dx.data(), weight, mean.data(),
                                    rstd.data(), weight_grad, bias_grad);
 }
@@ -93,9 +98,10 @@ void trailing_backward_checked(const char* layer, const X& x, const DY& dy, DX& 
 template <typename X, typename Y>
 void layer_norm_forward(const X& x, Y&& y, const Shape& normalized_shape,
                         span<const param_of<X>> weight = {}, span<const param_of<X>> bias = {},
-                        double eps = 1e-5, span<acc_of<X>> mean = {}, span<acc_of<X>> rstd = {}) {
+                        double eps = 1e-5, span<acc_of<X>> mean = {}, span<acc_of<X>> rstd = {},
+                        const Parallel& parallel = {}) {
   detail::trailing_forward_checked<true>("layer_norm_forward", x, y, normalized_shape, weight,
-                                         bias, eps, mean, rstd);
+                                         bias, eps, mean, rstd, parallel);
 }
 
 // Gradient of layer_norm_forward: writes dx, adds dweight into weight_grad and
@@ -105,9 +111,9 @@ template <typename X, typename DY, typename DX>
 void layer_norm_backward(const X& x, const DY& dy, DX&& dx, const Shape& normalized_shape,
                          span<const param_of<X>> weight, span<const acc_of<X>> mean,
                          span<const acc_of<X>> rstd, span<param_of<X>> weight_grad = {},
-                         span<param_of<X>> bias_grad = {}) {
+                         span<param_of<X>> bias_grad = {}, const Parallel& parallel = {}) {
   detail::trailing_backward_checked<true>("layer_norm_backward", x, dy, dx, normalized_shape,
-                                          weight, mean, rstd, weight_grad, bias_grad);
+                                          weight, mean, rstd, weight_grad, bias_grad, parallel);
 }
 
 // RMSNorm over the trailing `normalized_shape` of x:
@@ -116,18 +122,19 @@ void layer_norm_backward(const X& x, const DY& dy, DX&& dx, const Shape& normali
 // std::numeric_limits<Scalar>::epsilon(); pass it explicitly here.
 template <typename X, typename Y>
 void rms_norm_forward(const X& x, Y&& y, const Shape& normalized_shape,
-                      span<const param_of<X>> weight, double eps, span<acc_of<X>> rrms = {}) {
+                      span<const param_of<X>> weight, double eps, span<acc_of<X>> rrms = {},
+                      const Parallel& parallel = {}) {
   detail::trailing_forward_checked<false>("rms_norm_forward", x, y, normalized_shape, weight, {},
-                                          eps, {}, rrms);
+                                          eps, {}, rrms, parallel);
 }
 
 // Gradient of rms_norm_forward: writes dx and adds dweight into weight_grad.
 template <typename X, typename DY, typename DX>
 void rms_norm_backward(const X& x, const DY& dy, DX&& dx, const Shape& normalized_shape,
                        span<const param_of<X>> weight, span<const acc_of<X>> rrms,
-                       span<param_of<X>> weight_grad = {}) {
+                       span<param_of<X>> weight_grad = {}, const Parallel& parallel = {}) {
   detail::trailing_backward_checked<false>("rms_norm_backward", x, dy, dx, normalized_shape,
-                                           weight, {}, rrms, weight_grad, {});
+                                           weight, {}, rrms, weight_grad, {}, parallel);
 }
 
 namespace detail {
@@ -167,7 +174,8 @@ template <typename X, typename Y>
 void batch_norm_run(const ChannelGeometry& g, const X& x, Y& y, span<const param_of<X>> weight,
                     span<const param_of<X>> bias, bool batch_stats,
                     span<const param_of<X>> stats_mean, span<const param_of<X>> stats_var,
-                    double eps, acc_of<X>* mean, acc_of<X>* var, acc_of<X>* rstd) {
+                    double eps, acc_of<X>* mean, acc_of<X>* var, acc_of<X>* rstd,
+                    const Parallel& parallel) {
   using Acc = acc_of<X>;
   if (g.view.size() == 0) {
     std::fill(mean, mean + g.channels, std::numeric_limits<Acc>::quiet_NaN());
@@ -175,7 +183,7 @@ void batch_norm_run(const ChannelGeometry& g, const X& x, Y& y, span<const param
     std::fill(rstd, rstd + g.channels, std::numeric_limits<Acc>::quiet_NaN());
     return;
   }
-  channel_norm_forward(g.view, x.data(), y.data(), weight.data(), bias.data(),
+  channel_norm_forward(g.view, parallel, x.data(), y.data(), weight.data(), bias.data(),
                        static_cast<Acc>(eps), batch_stats, stats_mean.data(), stats_var.data(),
                        mean, var, rstd);
 }
@@ -186,7 +194,8 @@ void batch_norm_backward_checked(const char* layer, const X& x, const DY& dy, DX
                                  Index num_features, bool channels_last,
                                  span<const param_of<X>> weight, span<const acc_of<X>> mean,
                                  span<const acc_of<X>> rstd, bool batch_stats,
-                                 span<param_of<X>> weight_grad, span<param_of<X>> bias_grad) {
+                                 span<param_of<X>> weight_grad, span<param_of<X>> bias_grad,
+                                 const Parallel& parallel) {
   using Acc = acc_of<X>;
   static_assert(is_supported_scalar_v<scalar_of<X>>, "normlayers supports float and double");
   const ChannelGeometry g = channel_geometry(layer, x, num_features, channels_last);
@@ -199,7 +208,7 @@ void batch_norm_backward_checked(const char* layer, const X& x, const DY& dy, DX
   if (g.view.size() == 0) return;
   const auto c = static_cast<std::size_t>(g.channels);
   std::vector<Acc> dgamma(weight_grad ? c : 0), dbeta(bias_grad ? c : 0);
-  channel_norm_backward(g.view, x.data(), dy.data(), dx.data(), weight.data(), mean.data(),
+  channel_norm_backward(g.view, parallel, x.data(), dy.data(), dx.data(), weight.data(), mean.data(),
                         rstd.data(), batch_stats, weight_grad ? dgamma.data() : nullptr,
                         bias_grad ? dbeta.data() : nullptr);
   for (std::size_t i = 0; i < dgamma.size(); ++i) weight_grad[Index(i)] += static_cast<param_of<X>>(dgamma[i]);
@@ -222,7 +231,8 @@ void batch_norm_forward(const X& x, Y&& y, span<const param_of<X>> weight,
                         span<const param_of<X>> bias, span<param_of<X>> running_mean,
                         span<param_of<X>> running_var, bool training, double momentum = 0.1,
                         double eps = 1e-5, span<acc_of<X>> save_mean = {},
-                        span<acc_of<X>> save_rstd = {}, bool channels_last = false) {
+                        span<acc_of<X>> save_rstd = {}, bool channels_last = false,
+                        const Parallel& parallel = {}) {
   using Acc = acc_of<X>;
   const char* layer = "batch_norm_forward";
   detail::check_eps(layer, eps);
@@ -242,7 +252,7 @@ void batch_norm_forward(const X& x, Y&& y, span<const param_of<X>> weight,
   std::vector<Acc> mean(c), var(c), rstd(c);
   detail::batch_norm_run(g, x, y, weight, bias, training, span<const param_of<X>>(running_mean),
                          span<const param_of<X>>(running_var), eps, mean.data(), var.data(),
-                         rstd.data());
+                         rstd.data(), parallel);
   if (training && running_mean && g.count > 0) {
     const Acc unbias = static_cast<Acc>(g.count) / static_cast<Acc>(g.count - 1);
     for (Acc& v : var) v *= unbias;
@@ -261,9 +271,11 @@ template <typename X, typename DY, typename DX>
 void batch_norm_backward(const X& x, const DY& dy, DX&& dx, span<const param_of<X>> weight,
                          span<const acc_of<X>> save_mean, span<const acc_of<X>> save_rstd,
                          bool training, span<param_of<X>> weight_grad = {},
-                         span<param_of<X>> bias_grad = {}, bool channels_last = false) {
+                         span<param_of<X>> bias_grad = {}, bool channels_last = false,
+                         const Parallel& parallel = {}) {
   detail::batch_norm_backward_checked("batch_norm_backward", x, dy, dx, -1, channels_last, weight,
-                                      save_mean, save_rstd, training, weight_grad, bias_grad);
+                                      save_mean, save_rstd, training, weight_grad, bias_grad,
+                                      parallel);
 }
 
 namespace detail {
@@ -320,7 +332,7 @@ void instance_norm_forward(const X& x, Y&& y, span<const param_of<X>> weight = {
                            span<param_of<X>> running_var = {}, bool use_input_stats = true,
                            double momentum = 0.1, double eps = 1e-5,
                            span<acc_of<X>> save_mean = {}, span<acc_of<X>> save_rstd = {},
-                           bool channels_last = false) {
+                           bool channels_last = false, const Parallel& parallel = {}) {
   using Acc = acc_of<X>;
   const char* layer = "instance_norm_forward";
   detail::check_eps(layer, eps);
@@ -340,7 +352,7 @@ void instance_norm_forward(const X& x, Y&& y, span<const param_of<X>> weight = {
   if (g.view.size() == 0) return;
   const auto n = static_cast<std::size_t>(g.num_stats());
   std::vector<Acc> mean(n), var(n), rstd(n);
-  detail::instance_norm_forward_run(g, x.data(), y.data(), weight.data(), bias.data(),
+  detail::instance_norm_forward_run(g, parallel, x.data(), y.data(), weight.data(), bias.data(),
                                     static_cast<Acc>(eps), use_input_stats, running_mean.data(),
                                     running_var.data(), mean.data(), var.data(), rstd.data());
   if (use_input_stats && running_mean) {
@@ -360,7 +372,8 @@ template <typename X, typename DY, typename DX>
 void instance_norm_backward(const X& x, const DY& dy, DX&& dx, span<const param_of<X>> weight,
                             span<const acc_of<X>> save_mean, span<const acc_of<X>> save_rstd,
                             bool use_input_stats = true, span<param_of<X>> weight_grad = {},
-                            span<param_of<X>> bias_grad = {}, bool channels_last = false) {
+                            span<param_of<X>> bias_grad = {}, bool channels_last = false,
+                            const Parallel& parallel = {}) {
   const char* layer = "instance_norm_backward";
   const auto g = detail::instance_norm_backward_geometry(layer, x, dy, dx, -1, channels_last);
   detail::check_per_channel(layer, g.channels,
@@ -372,7 +385,7 @@ void instance_norm_backward(const X& x, const DY& dy, DX&& dx, span<const param_
                           save_rstd.size(), " elements, expected ", g.num_stats(),
                           " (one per (sample, channel), from the forward)");
   if (g.view.size() == 0) return;
-  detail::instance_norm_backward_run(g, x.data(), dy.data(), dx.data(), weight.data(),
+  detail::instance_norm_backward_run(g, parallel, x.data(), dy.data(), dx.data(), weight.data(),
                                      save_mean.data(), save_rstd.data(), use_input_stats,
                                      weight_grad.data(), bias_grad.data());
 }
@@ -386,7 +399,7 @@ template <typename X, typename Y>
 void group_norm_forward(const X& x, Y&& y, Eigen::Index num_groups, span<const param_of<X>> weight = {},
                         span<const param_of<X>> bias = {}, double eps = 1e-5,
                         span<acc_of<X>> save_mean = {}, span<acc_of<X>> save_rstd = {},
-                        bool channels_last = false) {
+                        bool channels_last = false, const Parallel& parallel = {}) {
   using Acc = acc_of<X>;
   static_assert(detail::is_supported_scalar_v<detail::scalar_of<X>>,
                 "normlayers supports float and double");
@@ -401,7 +414,7 @@ void group_norm_forward(const X& x, Y&& y, Eigen::Index num_groups, span<const p
   if (g.inst.view.size() == 0) return;
   const auto n = static_cast<std::size_t>(g.num_group_stats());
   std::vector<Acc> mean(n), rstd(n);
-  detail::group_norm_forward_run(g, x.data(), y.data(), weight.data(), bias.data(),
+  detail::group_norm_forward_run(g, parallel, x.data(), y.data(), weight.data(), bias.data(),
                                  static_cast<Acc>(eps), mean.data(), rstd.data());
   if (save_mean) std::copy(mean.begin(), mean.end(), save_mean.data());
   if (save_rstd) std::copy(rstd.begin(), rstd.end(), save_rstd.data());
@@ -413,7 +426,8 @@ template <typename X, typename DY, typename DX>
 void group_norm_backward(const X& x, const DY& dy, DX&& dx, Eigen::Index num_groups,
                          span<const param_of<X>> weight, span<const acc_of<X>> save_mean,
                          span<const acc_of<X>> save_rstd, span<param_of<X>> weight_grad = {},
-                         span<param_of<X>> bias_grad = {}, bool channels_last = false) {
+                         span<param_of<X>> bias_grad = {}, bool channels_last = false,
+                         const Parallel& parallel = {}) {
   const char* layer = "group_norm_backward";
   const auto g =
       detail::group_norm_backward_geometry(layer, x, dy, dx, num_groups, -1, channels_last);
@@ -426,7 +440,7 @@ void group_norm_backward(const X& x, const DY& dy, DX&& dx, Eigen::Index num_gro
                           save_rstd.size(), " elements, expected ", g.num_group_stats(),
                           " (one per (sample, group), from the forward)");
   if (g.inst.view.size() == 0) return;
-  detail::group_norm_backward_run(g, x.data(), dy.data(), dx.data(), weight.data(),
+  detail::group_norm_backward_run(g, parallel, x.data(), dy.data(), dx.data(), weight.data(),
                                   save_mean.data(), save_rstd.data(), weight_grad.data(),
                                   bias_grad.data());
 }

@@ -64,7 +64,7 @@ class GroupNorm : public detail::module_base<GroupNorm<Scalar>, Scalar>,
     stats_type& rstd = base::next_rstd(n);
     std::vector<Eigen::Index> dims = detail::dims_of(x);
     if (g.inst.view.size() > 0)
-      detail::group_norm_forward_run(g, x.data(), y.data(), params::weight_span().data(),
+      detail::group_norm_forward_run(g, base::parallel(), x.data(), y.data(), params::weight_span().data(),
                                      params::bias_span().data(),
                                      static_cast<acc_type>(options_.eps), mean.data(),
                                      rstd.data());
@@ -81,7 +81,7 @@ class GroupNorm : public detail::module_base<GroupNorm<Scalar>, Scalar>,
                                                         num_groups_, num_channels_,
                                                         options_.channels_last);
     if (g.inst.view.size() == 0) return;
-    detail::group_norm_backward_run(g, x.data(), dy.data(), dx.data(),
+    detail::group_norm_backward_run(g, base::parallel(), x.data(), dy.data(), dx.data(),
                                     params::weight_span().data(), base::saved_mean_tensor().data(),
                                     base::saved_rstd_tensor().data(),
                                     params::weight_grad_span().data(),

@@ -61,7 +61,7 @@ class InstanceNorm : public detail::running_module<InstanceNorm<Scalar>, Scalar>
     std::vector<Eigen::Index> dims = detail::dims_of(x);
     if (g.view.size() > 0) {
       detail::instance_norm_forward_run(
-          g, x.data(), y.data(), params::weight_span().data(), params::bias_span().data(),
+          g, module::parallel(), x.data(), y.data(), params::weight_span().data(), params::bias_span().data(),
           static_cast<acc_type>(this->eps()), use_input_stats,
           buffers::running_mean_span().data(), buffers::running_var_span().data(), mean.data(),
           var.data(), rstd.data());
@@ -83,7 +83,7 @@ class InstanceNorm : public detail::running_module<InstanceNorm<Scalar>, Scalar>
     const auto g = detail::instance_norm_backward_geometry(params::layer_name(), x, dy, dx,
                                                            this->num_features(), options_.channels_last);
     if (g.view.size() == 0) return;
-    detail::instance_norm_backward_run(g, x.data(), dy.data(), dx.data(),
+    detail::instance_norm_backward_run(g, module::parallel(), x.data(), dy.data(), dx.data(),
                                        params::weight_span().data(),
                                        module::saved_mean_tensor().data(),
                                        module::saved_rstd_tensor().data(), saved_input_stats_,

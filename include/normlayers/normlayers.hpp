@@ -11,5 +11,6 @@
 #include <normlayers/layer_norm.hpp>
 #include <normlayers/mode.hpp>
 #include <normlayers/options.hpp>
+#include <normlayers/parallel.hpp>
 #include <normlayers/rms_norm.hpp>
 #include <normlayers/span.hpp>

@@ -10,6 +10,7 @@
 // The fused forward/backward normalize each block right after reducing it,
 // while it is still in cache (one channel of BatchNorm NCHW is one block).
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -64,113 +65,248 @@ ChannelGeometry channel_geometry(const char* layer, const X& x, Index num_featur
   return g;
 }
 
+// One tall block (channels-last BatchNorm: all N*H*W rows of C lanes) has no
+// independent blocks to spread over threads, so its rows are cut in chunks of
+// row_chunk rows: per-chunk moments or sums, merged in chunk order. The cut
+// depends on the shape alone, so results do not depend on the thread count.
+inline constexpr Index row_chunk = 256;
+inline bool use_row_chunks(const View& v) {
+  return v.P * v.R == 1 && v.Q == 1 && v.T <= lane_piece && v.S >= 2 * row_chunk;
+}
+inline Index row_chunks(const View& v) { return (v.S + row_chunk - 1) / row_chunk; }
+// Rows [c * row_chunk, ...) of the tall block, as a block of their own.
+inline kernels::Block chunk_block(const View& v, Index c) {
+  return kernels::Block{1, std::min(row_chunk, v.S - c * row_chunk), v.T, 0, v.T};
+}
+inline Index chunk_offset(const View& v, Index c) { return c * row_chunk * v.T; }
+
+// channel_norm_forward for one tall block, in row chunks (see use_row_chunks).
+template <typename T, typename P, typename Acc>
+void channel_norm_forward_chunked(const View& v, const Parallel& par, const T* x, T* y,
+                                  const P* gamma, const P* beta, Acc eps, bool batch_stats,
+                                  const P* stats_mean, const P* stats_var, Acc* mean, Acc* var,
+                                  Acc* rstd) {
+  const Index L = v.T, chunks = row_chunks(v);
+  const auto lanes = static_cast<std::size_t>(L);
+  const double chunk_bytes = double(row_chunk * L) * 8.0;
+  if (batch_stats) {
+    std::vector<Acc> means(lanes * std::size_t(chunks)), m2s(means.size());
+    par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
+      std::vector<Acc> scratch(lanes);
+      for (Index c = first; c < last; ++c)
+        kernels::block_moments<true>(x + chunk_offset(v, c), chunk_block(v, c),
+                                     means.data() + c * L, m2s.data() + c * L, scratch.data());
+    });
+    for (Index t = 0; t < L; ++t) {
+      Acc m = means[std::size_t(t)], m2 = m2s[std::size_t(t)];
+      Acc count = static_cast<Acc>(chunk_block(v, 0).S);
+      for (Index c = 1; c < chunks; ++c) {
+        const Acc n = static_cast<Acc>(chunk_block(v, c).S);
+        kernels::merge_moments(count, m, m2, n, means[std::size_t(c * L + t)],
+                               m2s[std::size_t(c * L + t)]);
+        count += n;
+      }
+      mean[t] = m;
+      var[t] = m2 / static_cast<Acc>(v.S);
+    }
+  } else {
+    for (Index t = 0; t < L; ++t) {
+      mean[t] = static_cast<Acc>(stats_mean[t]);
+      var[t] = static_cast<Acc>(stats_var[t]);
+    }
+  }
+  std::vector<Acc> scale(lanes), shift(lanes);
+  for (Index t = 0; t < L; ++t) {
+    rstd[t] = Acc(1) / std::sqrt(var[t] + eps);
+    scale[std::size_t(t)] = rstd[t] * (gamma ? static_cast<Acc>(gamma[t]) : Acc(1));
+    shift[std::size_t(t)] = beta ? static_cast<Acc>(beta[t]) : Acc(0);
+  }
+  par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
+    for (Index c = first; c < last; ++c)
+      kernels::normalize_block_per_stat(x + chunk_offset(v, c), y + chunk_offset(v, c),
+                                        chunk_block(v, c), mean, scale.data(), shift.data());
+  });
+}
+
 // Forward over every block. With batch_stats each statistic's own mean and
 // biased variance normalize it (and are written to mean_out/var_out);
 // otherwise the given stats_mean/stats_var do. rstd_out gets 1/sqrt(var + eps).
 // All arrays have one entry per statistic; gamma/beta may be null.
 template <typename T, typename P, typename Acc>
-void channel_norm_forward(const View& v, const T* x, T* y, const P* gamma, const P* beta, Acc eps,
-                          bool batch_stats, const P* stats_mean, const P* stats_var,
-                          Acc* mean_out, Acc* var_out, Acc* rstd_out) {
+void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, const P* gamma,
+                          const P* beta, Acc eps, bool batch_stats, const P* stats_mean,
+                          const P* stats_var, Acc* mean_out, Acc* var_out, Acc* rstd_out) {
   const auto lanes = static_cast<std::size_t>(v.T);
-  std::vector<Acc> mean(lanes), var(lanes), scale(lanes), shift(lanes), scratch(lanes);
-  for_each_stat_block(v, [&](Index offset, Index stat, const kernels::Block& b) {
+  if (use_row_chunks(v)) {
+    channel_norm_forward_chunked(v, par, x, y, gamma, beta, eps, batch_stats, stats_mean,
+                                 stats_var, mean_out, var_out, rstd_out);
+    return;
+  }
+  struct State {
+    std::vector<Acc> mean, var, scale, shift, scratch;
+  };
+  auto make = [lanes] { return State{std::vector<Acc>(lanes), std::vector<Acc>(lanes),
+                                     std::vector<Acc>(lanes), std::vector<Acc>(lanes),
+                                     std::vector<Acc>(lanes)}; };
+  for_each_stat_block(v, par, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {
     if (batch_stats) {
-      kernels::block_moments<true>(x + offset, b, mean.data(), var.data(), scratch.data());
-      for (Acc& m2 : var) m2 /= static_cast<Acc>(b.reduced());
+      kernels::block_moments<true>(x + offset, b, st.mean.data(), st.var.data(), st.scratch.data());
+      for (Index t = 0; t < b.lanes; ++t) st.var[std::size_t(t)] /= static_cast<Acc>(b.reduced());
     } else {
-      for (std::size_t t = 0; t < lanes; ++t) {
-        mean[t] = static_cast<Acc>(stats_mean[stat + Index(t)]);
-        var[t] = static_cast<Acc>(stats_var[stat + Index(t)]);
+      for (std::size_t t = 0; t < std::size_t(b.lanes); ++t) {
+        st.mean[t] = static_cast<Acc>(stats_mean[stat + Index(t)]);
+        st.var[t] = static_cast<Acc>(stats_var[stat + Index(t)]);
       }
     }
-    for (std::size_t t = 0; t < lanes; ++t) {
+    for (std::size_t t = 0; t < std::size_t(b.lanes); ++t) {
       const Index c = stat + Index(t);
-      const Acc rstd = Acc(1) / std::sqrt(var[t] + eps);
-      scale[t] = rstd * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1));
-      shift[t] = beta ? static_cast<Acc>(beta[c]) : Acc(0);
-      mean_out[c] = mean[t];
-      var_out[c] = var[t];
+      const Acc rstd = Acc(1) / std::sqrt(st.var[t] + eps);
+      st.scale[t] = rstd * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1));
+      st.shift[t] = beta ? static_cast<Acc>(beta[c]) : Acc(0);
+      mean_out[c] = st.mean[t];
+      var_out[c] = st.var[t];
       rstd_out[c] = rstd;
     }
-    kernels::normalize_block_per_stat(x + offset, y + offset, b, mean.data(), scale.data(),
-                                      shift.data());
+    kernels::normalize_block_per_stat(x + offset, y + offset, b, st.mean.data(), st.scale.data(),
+                                      st.shift.data());
   });
+}
+
+// Scratch of n values per range of blocks.
+template <typename Acc>
+auto scratch_of(Index n) {
+  return [n] { return std::vector<Acc>(static_cast<std::size_t>(n)); };
 }
 
 // Per statistic mean and biased variance (GroupNorm's statistics step).
 template <typename T, typename Acc>
-void stat_moments(const View& v, const T* x, Acc* mean, Acc* var) {
-  std::vector<Acc> scratch(static_cast<std::size_t>(v.T));
-  for_each_stat_block(v, [&](Index offset, Index stat, const kernels::Block& b) {
-    kernels::block_moments<true>(x + offset, b, mean + stat, var + stat, scratch.data());
-    for (Index t = 0; t < v.T; ++t) var[stat + t] /= static_cast<Acc>(b.reduced());
-  });
+void stat_moments(const View& v, const Parallel& par, const T* x, Acc* mean, Acc* var) {
+  for_each_stat_block(v, par, scratch_of<Acc>(v.T),
+                      [&](std::vector<Acc>& scratch, Index offset, Index stat, const kernels::Block& b) {
+                        kernels::block_moments<true>(x + offset, b, mean + stat, var + stat,
+                                                     scratch.data());
+                        for (Index t = 0; t < b.lanes; ++t) var[stat + t] /= static_cast<Acc>(b.reduced());
+                      });
 }
 
 // y = (x - mean) * scale + shift with per-statistic arrays.
 template <typename T, typename Acc>
-void stat_apply(const View& v, const T* x, T* y, const Acc* mean, const Acc* scale,
-                const Acc* shift) {
-  for_each_stat_block(v, [&](Index offset, Index stat, const kernels::Block& b) {
-    kernels::normalize_block_per_stat(x + offset, y + offset, b, mean + stat, scale + stat,
-                                      shift + stat);
-  });
+void stat_apply(const View& v, const Parallel& par, const T* x, T* y, const Acc* mean,
+                const Acc* scale, const Acc* shift) {
+  for_each_stat_block(v, par, scratch_of<Acc>(0),
+                      [&](std::vector<Acc>&, Index offset, Index stat, const kernels::Block& b) {
+                        kernels::normalize_block_per_stat(x + offset, y + offset, b, mean + stat,
+                                                          scale + stat, shift + stat);
+                      });
 }
 
 // sum_dy[stat] = sum dy, sum_dyxc[stat] = sum dy * (x - mean[stat]) for every statistic.
 template <typename T, typename Acc>
-void stat_backward_reduce(const View& v, const T* x, const T* dy, const Acc* mean, Acc* sum_dy,
-                          Acc* sum_dyxc) {
-  std::vector<Acc> scratch(static_cast<std::size_t>(2 * v.T));
-  for_each_stat_block(v, [&](Index offset, Index stat, const kernels::Block& b) {
-    kernels::backward_reduce_block(x + offset, dy + offset, b, mean + stat, sum_dy + stat,
-                                   sum_dyxc + stat, scratch.data());
-  });
+void stat_backward_reduce(const View& v, const Parallel& par, const T* x, const T* dy,
+                          const Acc* mean, Acc* sum_dy, Acc* sum_dyxc) {
+  for_each_stat_block(v, par, scratch_of<Acc>(2 * v.T),
+                      [&](std::vector<Acc>& scratch, Index offset, Index stat, const kernels::Block& b) {
+                        kernels::backward_reduce_block(x + offset, dy + offset, b, mean + stat,
+                                                       sum_dy + stat, sum_dyxc + stat,
+                                                       scratch.data());
+                      });
 }
 
 // dx = (dy * u + v) * w + (x - mean) * z with per-statistic arrays.
 template <typename T, typename Acc>
-void stat_backward_apply(const View& v, const T* x, const T* dy, T* dx, const Acc* mean,
-                         const Acc* u, const Acc* shift, const Acc* w, const Acc* z) {
-  for_each_stat_block(v, [&](Index offset, Index stat, const kernels::Block& b) {
-    kernels::backward_apply_block(x + offset, dy + offset, dx + offset, b, mean + stat, u + stat,
-                                  shift + stat, w + stat, z + stat);
+void stat_backward_apply(const View& v, const Parallel& par, const T* x, const T* dy, T* dx,
+                         const Acc* mean, const Acc* u, const Acc* shift, const Acc* w,
+                         const Acc* z) {
+  for_each_stat_block(v, par, scratch_of<Acc>(0),
+                      [&](std::vector<Acc>&, Index offset, Index stat, const kernels::Block& b) {
+                        kernels::backward_apply_block(x + offset, dy + offset, dx + offset, b,
+                                                      mean + stat, u + stat, shift + stat,
+                                                      w + stat, z + stat);
+                      });
+}
+
+// channel_norm_backward for one tall block, in row chunks (see use_row_chunks).
+template <typename T, typename P, typename Acc>
+void channel_norm_backward_chunked(const View& v, const Parallel& par, const T* x, const T* dy,
+                                   T* dx, const P* gamma, const Acc* mean, const Acc* rstd,
+                                   bool batch_stats, Acc* dgamma, Acc* dbeta) {
+  const Index L = v.T, chunks = row_chunks(v);
+  const auto lanes = static_cast<std::size_t>(L);
+  const double chunk_bytes = double(row_chunk * L) * 12.0;
+  std::vector<Acc> a(lanes * std::size_t(chunks)), b(a.size());
+  par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
+    std::vector<Acc> scratch(2 * lanes);
+    for (Index c = first; c < last; ++c)
+      kernels::backward_reduce_block(x + chunk_offset(v, c), dy + chunk_offset(v, c),
+                                     chunk_block(v, c), mean, a.data() + c * L, b.data() + c * L,
+                                     scratch.data());
+  });
+  const std::vector<Acc> u(lanes, Acc(1));
+  std::vector<Acc> shift(lanes, Acc(0)), w(lanes), z(lanes, Acc(0));
+  const Acc inv_m = Acc(1) / static_cast<Acc>(v.S);
+  for (Index t = 0; t < L; ++t) {
+    Acc sum_dy = 0, sum_dyxc = 0;
+    for (Index c = 0; c < chunks; ++c)
+      sum_dy += a[std::size_t(c * L + t)], sum_dyxc += b[std::size_t(c * L + t)];
+    const Acc r = rstd[t], gr = r * (gamma ? static_cast<Acc>(gamma[t]) : Acc(1));
+    w[std::size_t(t)] = gr;
+    if (batch_stats) {
+      shift[std::size_t(t)] = -sum_dy * inv_m;
+      z[std::size_t(t)] = -gr * r * r * sum_dyxc * inv_m;
+    }
+    if (dgamma) dgamma[t] += sum_dyxc * r;
+    if (dbeta) dbeta[t] += sum_dy;
+  }
+  par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
+    for (Index c = first; c < last; ++c)
+      kernels::backward_apply_block(x + chunk_offset(v, c), dy + chunk_offset(v, c),
+                                    dx + chunk_offset(v, c), chunk_block(v, c), mean, u.data(),
+                                    shift.data(), w.data(), z.data());
   });
 }
 
 // Backward over every block, given the mean and rstd the forward normalized
 // with. batch_stats: gradient through the statistics
 //   dx = gamma*rstd * (dy - sum(dy)/M - (x - mean)*rstd^2 * sum(dy*(x - mean))/M);
-// otherwise (fixed statistics) dx = gamma*rstd*dy. Per statistic,
-// dgamma += rstd*sum(dy*(x - mean)) and dbeta += sum(dy) (may be null).
+// otherwise (fixed statistics) dx = gamma*rstd*dy. Per statistic (each
+// written by its own block), dgamma += rstd*sum(dy*(x - mean)) and
+// dbeta += sum(dy) (may be null).
 template <typename T, typename P, typename Acc>
-void channel_norm_backward(const View& v, const T* x, const T* dy, T* dx, const P* gamma,
-                           const Acc* mean, const Acc* rstd, bool batch_stats, Acc* dgamma,
-                           Acc* dbeta) {
+void channel_norm_backward(const View& v, const Parallel& par, const T* x, const T* dy, T* dx,
+                           const P* gamma, const Acc* mean, const Acc* rstd, bool batch_stats,
+                           Acc* dgamma, Acc* dbeta) {
+  if (use_row_chunks(v)) {
+    channel_norm_backward_chunked(v, par, x, dy, dx, gamma, mean, rstd, batch_stats, dgamma, dbeta);
+    return;
+  }
   const auto lanes = static_cast<std::size_t>(v.T);
-  std::vector<Acc> sum_dy(lanes), sum_dyxc(lanes), scratch(2 * lanes);
-  const std::vector<Acc> u(lanes, Acc(1));
-  std::vector<Acc> shift(lanes, Acc(0)), w(lanes), z(lanes, Acc(0));
+  struct State {
+    std::vector<Acc> sum_dy, sum_dyxc, scratch, u, shift, w, z;
+  };
+  auto make = [lanes] {
+    return State{std::vector<Acc>(lanes), std::vector<Acc>(lanes), std::vector<Acc>(2 * lanes),
+                 std::vector<Acc>(lanes, Acc(1)), std::vector<Acc>(lanes, Acc(0)),
+                 std::vector<Acc>(lanes), std::vector<Acc>(lanes, Acc(0))};
+  };
   const bool need_sums = batch_stats || dgamma || dbeta;
-  for_each_stat_block(v, [&](Index offset, Index stat, const kernels::Block& b) {
+  for_each_stat_block(v, par, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {
     if (need_sums)
-      kernels::backward_reduce_block(x + offset, dy + offset, b, mean + stat, sum_dy.data(),
-                                     sum_dyxc.data(), scratch.data());
+      kernels::backward_reduce_block(x + offset, dy + offset, b, mean + stat, st.sum_dy.data(),
+                                     st.sum_dyxc.data(), st.scratch.data());
     const Acc inv_m = Acc(1) / static_cast<Acc>(b.reduced());
-    for (std::size_t t = 0; t < lanes; ++t) {
+    for (std::size_t t = 0; t < std::size_t(b.lanes); ++t) {
       const Index c = stat + Index(t);
       const Acc r = rstd[c], gr = r * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1));
-      w[t] = gr;
+      st.w[t] = gr;
       if (batch_stats) {
-        shift[t] = -sum_dy[t] * inv_m;
-        z[t] = -gr * r * r * sum_dyxc[t] * inv_m;
+        st.shift[t] = -st.sum_dy[t] * inv_m;
+        st.z[t] = -gr * r * r * st.sum_dyxc[t] * inv_m;
       }
-      if (dgamma) dgamma[c] += sum_dyxc[t] * r;
-      if (dbeta) dbeta[c] += sum_dy[t];
+      if (dgamma) dgamma[c] += st.sum_dyxc[t] * r;
+      if (dbeta) dbeta[c] += st.sum_dy[t];
     }
-    kernels::backward_apply_block(x + offset, dy + offset, dx + offset, b, mean + stat, u.data(),
-                                  shift.data(), w.data(), z.data());
+    kernels::backward_apply_block(x + offset, dy + offset, dx + offset, b, mean + stat,
+                                  st.u.data(), st.shift.data(), st.w.data(), st.z.data());
   });
 }
 

@@ -71,14 +71,14 @@ void add_per_channel(const InstanceGeometry& g, const std::vector<Acc>& stat_val
 // (use_input_stats) or the running ones of its channel; per-channel parameters
 // expanded to the instances. mean, var (biased) and rstd per (n, c).
 template <typename T, typename P, typename Acc>
-void instance_norm_forward_run(const InstanceGeometry& g, const T* x, T* y, const P* gamma,
+void instance_norm_forward_run(const InstanceGeometry& g, const Parallel& par, const T* x, T* y, const P* gamma,
                                const P* beta, Acc eps, bool use_input_stats,
                                const P* running_mean, const P* running_var, Acc* mean, Acc* var,
                                Acc* rstd) {
   const auto gs = per_stat(g, gamma), bs = per_stat(g, beta);
   const auto rm = per_stat(g, use_input_stats ? nullptr : running_mean);
   const auto rv = per_stat(g, use_input_stats ? nullptr : running_var);
-  channel_norm_forward(g.view, x, y, gamma ? gs.data() : nullptr, beta ? bs.data() : nullptr, eps,
+  channel_norm_forward(g.view, par, x, y, gamma ? gs.data() : nullptr, beta ? bs.data() : nullptr, eps,
                        use_input_stats, rm.data(), rv.data(), mean, var, rstd);
 }
 
@@ -105,13 +105,13 @@ void instance_batch_stats(const InstanceGeometry& g, const Acc* mean, const Acc*
 // InstanceNorm backward on the per-(n, c) view; parameter gradients summed
 // over the samples of each channel and added into dgamma/dbeta (may be null).
 template <typename T, typename P, typename Acc>
-void instance_norm_backward_run(const InstanceGeometry& g, const T* x, const T* dy, T* dx,
+void instance_norm_backward_run(const InstanceGeometry& g, const Parallel& par, const T* x, const T* dy, T* dx,
                                 const P* gamma, const Acc* mean, const Acc* rstd,
                                 bool use_input_stats, P* dgamma, P* dbeta) {
   const auto gs = per_stat(g, gamma);
   const auto n = static_cast<std::size_t>(g.num_stats());
   std::vector<Acc> dg(dgamma ? n : 0, Acc(0)), db(dbeta ? n : 0, Acc(0));
-  channel_norm_backward(g.view, x, dy, dx, gamma ? gs.data() : nullptr, mean, rstd,
+  channel_norm_backward(g.view, par, x, dy, dx, gamma ? gs.data() : nullptr, mean, rstd,
                         use_input_stats, dgamma ? dg.data() : nullptr,
                         dbeta ? db.data() : nullptr);
   if (dgamma) add_per_channel(g, dg, dgamma);
@@ -169,9 +169,9 @@ GroupGeometry group_geometry(const char* layer, const X& x, Index num_groups, In
 // GroupNorm forward: statistics per (n, g), then y = (x - mean_g) *
 // (rstd_g * gamma_c) + beta_c per (n, c). mean/rstd per (n, g).
 template <typename T, typename P, typename Acc>
-void group_norm_forward_run(const GroupGeometry& g, const T* x, T* y, const P* gamma,
+void group_norm_forward_run(const GroupGeometry& g, const Parallel& par, const T* x, T* y, const P* gamma,
                             const P* beta, Acc eps, Acc* mean, Acc* rstd) {
-  stat_moments(g.group_view, x, mean, rstd);
+  stat_moments(g.group_view, par, x, mean, rstd);
   for (Index s = 0; s < g.num_group_stats(); ++s) rstd[s] = Acc(1) / std::sqrt(rstd[s] + eps);
   const auto n = static_cast<std::size_t>(g.inst.num_stats());
   std::vector<Acc> m(n), scale(n), shift(n);
@@ -181,7 +181,7 @@ void group_norm_forward_run(const GroupGeometry& g, const T* x, T* y, const P* g
     scale[s] = rstd[gs] * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1));
     shift[s] = beta ? static_cast<Acc>(beta[c]) : Acc(0);
   }
-  stat_apply(g.inst.view, x, y, m.data(), scale.data(), shift.data());
+  stat_apply(g.inst.view, par, x, y, m.data(), scale.data(), shift.data());
 }
 
 // GroupNorm backward. Per (n, c): a = sum dy, b = sum dy*(x - mean_g); per
@@ -189,14 +189,14 @@ void group_norm_forward_run(const GroupGeometry& g, const T* x, T* y, const P* g
 // dx = rstd*(gamma_c*dy - A/M) - (x - mean)*rstd^3*B/M, M = D * spatial.
 // dgamma_c += sum_n b*rstd, dbeta_c += sum_n a.
 template <typename T, typename P, typename Acc>
-void group_norm_backward_run(const GroupGeometry& g, const T* x, const T* dy, T* dx,
+void group_norm_backward_run(const GroupGeometry& g, const Parallel& par, const T* x, const T* dy, T* dx,
                              const P* gamma, const Acc* mean, const Acc* rstd, P* dgamma,
                              P* dbeta) {
   const auto n = static_cast<std::size_t>(g.inst.num_stats());
   std::vector<Acc> m(n);
   for (std::size_t s = 0; s < n; ++s) m[s] = mean[g.group_stat_of(Index(s))];
   std::vector<Acc> a(n), b(n);  // per (n, c): sum dy, sum dy * (x - mean)
-  stat_backward_reduce(g.inst.view, x, dy, m.data(), a.data(), b.data());
+  stat_backward_reduce(g.inst.view, par, x, dy, m.data(), a.data(), b.data());
   const auto groups = static_cast<std::size_t>(g.num_group_stats());
   std::vector<Acc> group_a(groups, Acc(0)), group_b(groups, Acc(0));
   for (std::size_t s = 0; s < n; ++s) {
@@ -221,7 +221,7 @@ void group_norm_backward_run(const GroupGeometry& g, const T* x, const T* dy, T*
     w[s] = r;
     z[s] = -r * r * r * group_b[gs] * inv_m;
   }
-  stat_backward_apply(g.inst.view, x, dy, dx, m.data(), u.data(), v.data(), w.data(), z.data());
+  stat_backward_apply(g.inst.view, par, x, dy, dx, m.data(), u.data(), v.data(), w.data(), z.data());
 }
 
 }  // namespace normlayers::detail

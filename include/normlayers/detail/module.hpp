@@ -14,6 +14,7 @@
 #include <normlayers/detail/tensor.hpp>
 #include <normlayers/errors.hpp>
 #include <normlayers/mode.hpp>
+#include <normlayers/parallel.hpp>
 
 namespace normlayers::detail {
 
@@ -45,6 +46,11 @@ class module_base : public Trainable {
     static_cast<Derived&>(*this).backward(x, dy, dx);
     return dx;
   }
+
+  // Where forward and backward run their loops (default: the calling thread);
+  // results are bitwise the same for any number of threads.
+  void set_parallel(Parallel parallel) { parallel_ = std::move(parallel); }
+  const Parallel& parallel() const noexcept { return parallel_; }
 
   // Whether a forward has saved statistics for backward.
   bool has_saved_statistics() const noexcept { return saved_; }
@@ -95,6 +101,7 @@ class module_base : public Trainable {
 
  private:
   const char* layer_;
+  Parallel parallel_;
   stats_type saved_mean_, saved_rstd_, next_mean_, next_rstd_;
   std::vector<Index> saved_dims_;
   bool saved_ = false;

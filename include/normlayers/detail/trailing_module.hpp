@@ -47,7 +47,7 @@ class trailing_module : public module_base<Derived, Scalar>,
     trailing_forward_checked<Centered>(params::layer_name(), x, y, normalized_shape_,
                                        params::weight_span(), params::bias_span(), eps_,
                                        Centered ? span<acc_type>(mean) : span<acc_type>(),
-                                       span<acc_type>(rstd));
+                                       span<acc_type>(rstd), base::parallel());
     base::save(dims);
   }
 
@@ -62,7 +62,7 @@ class trailing_module : public module_base<Derived, Scalar>,
         params::layer_name(), x, dy, dx, normalized_shape_, params::weight_span(),
         Centered ? span<const acc_type>(base::saved_mean_tensor()) : span<const acc_type>(),
         span<const acc_type>(base::saved_rstd_tensor()), params::weight_grad_span(),
-        params::bias_grad_span());
+        params::bias_grad_span(), base::parallel());
   }
 
  protected:

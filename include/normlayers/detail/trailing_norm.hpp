@@ -113,62 +113,84 @@ const P* params_in_order(span<const P> p, const std::vector<Index>& order, std::
 // Forward on a validated geometry. mean may be null (RMSNorm, or not wanted);
 // rstd may be null (not wanted).
 template <bool Centered, typename T, typename P, typename Acc>
-void trailing_norm_forward(const TrailingGeometry& g, const std::vector<Index>& order,
-                           const T* x, T* y, span<const P> weight, span<const P> bias, Acc eps,
-                           Acc* mean_out, Acc* rstd_out) {
+void trailing_norm_forward(const TrailingGeometry& g, const Parallel& par,
+                           const std::vector<Index>& order, const T* x, T* y,
+                           span<const P> weight, span<const P> bias, Acc eps, Acc* mean_out,
+                           Acc* rstd_out) {
   const View& v = g.view;
   if (v.size() == 0) return;
   std::vector<P> weight_buf, bias_buf;
   const P* gamma = params_in_order(weight, order, weight_buf);
   const P* beta = params_in_order(bias, order, bias_buf);
   const Acc m = static_cast<Acc>(v.S);
-  std::vector<Acc> mean(static_cast<std::size_t>(v.T)), rstd(mean.size()), scratch(mean.size());
-  for_each_stat_block(v, [&](Index offset, Index stat, const kernels::Block& b) {
-    kernels::block_moments<Centered>(x + offset, b, mean.data(), rstd.data(), scratch.data());
-    for (Acc& r : rstd) r = Acc(1) / std::sqrt(r / m + eps);  // from M2
-    kernels::normalize_block_affine_s(x + offset, y + offset, v.S, v.T, mean.data(), rstd.data(),
-                                      gamma, beta);
-    if (mean_out && Centered) std::copy(mean.begin(), mean.end(), mean_out + stat);
-    if (rstd_out) std::copy(rstd.begin(), rstd.end(), rstd_out + stat);
+  const auto lanes = static_cast<std::size_t>(v.T);
+  struct State {
+    std::vector<Acc> mean, rstd, scratch;
+  };
+  auto make = [lanes] {
+    return State{std::vector<Acc>(lanes), std::vector<Acc>(lanes), std::vector<Acc>(lanes)};
+  };
+  for_each_stat_block(v, par, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {
+    kernels::block_moments<Centered>(x + offset, b, st.mean.data(), st.rstd.data(),
+                                     st.scratch.data());
+    const auto lanes_here = static_cast<std::ptrdiff_t>(b.lanes);
+    for (Index t = 0; t < b.lanes; ++t)  // M2 -> rstd
+      st.rstd[std::size_t(t)] = Acc(1) / std::sqrt(st.rstd[std::size_t(t)] / m + eps);
+    kernels::normalize_block_affine_s(x + offset, y + offset, b.S, b.lanes, b.row_stride,
+                                      st.mean.data(), st.rstd.data(), gamma, beta);
+    if (mean_out && Centered) std::copy_n(st.mean.begin(), lanes_here, mean_out + stat);
+    if (rstd_out) std::copy_n(st.rstd.begin(), lanes_here, rstd_out + stat);
   });
 }
 
-// Backward on a validated geometry; dgamma/dbeta are added into weight_grad/bias_grad.
+// Backward on a validated geometry; dgamma/dbeta are added into
+// weight_grad/bias_grad. The rows are cut into chunks of a fixed size; each
+// chunk sums its parameter gradients on its own (possibly on another thread),
+// and the chunk sums are added in chunk order, so the result does not depend
+// on the thread count.
 template <bool Centered, typename T, typename P, typename Acc>
-void trailing_norm_backward(const TrailingGeometry& g, const std::vector<Index>& order,
-                            const T* x, const T* dy, T* dx, span<const P> weight,
-                            const Acc* mean, const Acc* rstd, span<P> weight_grad,
-                            span<P> bias_grad) {
+void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
+                            const std::vector<Index>& order, const T* x, const T* dy, T* dx,
+                            span<const P> weight, const Acc* mean, const Acc* rstd,
+                            span<P> weight_grad, span<P> bias_grad) {
   const View& v = g.view;
   if (v.size() == 0) return;
   std::vector<P> weight_buf;
   const P* gamma = params_in_order(weight, order, weight_buf);
+  // Work items: chunks of rows (row-major inputs) times pieces of the lanes
+  // (column-major inputs); each sums its own parameter gradients.
+  constexpr Index chunk_rows = 64;
+  const Index chunks = (v.P + chunk_rows - 1) / chunk_rows;
+  const Index pieces = (v.T + lane_piece - 1) / lane_piece;
+  const Index items = chunks * pieces;
   const auto n = static_cast<std::size_t>(v.S);
-  // Parameter gradients: per chunk of rows a partial sum, added into the total
-  // in chunk order (fixed, whatever the thread count will be).
-  constexpr Index chunk_rows = 32;
-  std::vector<Acc> dgamma_total(weight_grad ? n : 0), dbeta_total(bias_grad ? n : 0);
-  std::vector<Acc> dgamma(dgamma_total.size()), dbeta(dbeta_total.size());
-  std::vector<Acc> scratch(static_cast<std::size_t>(4 * v.T));
-  for (Index p0 = 0; p0 < v.P; p0 += chunk_rows) {
-    std::fill(dgamma.begin(), dgamma.end(), Acc(0));
-    std::fill(dbeta.begin(), dbeta.end(), Acc(0));
-    for (Index p = p0; p < std::min(v.P, p0 + chunk_rows); ++p) {
-      const Index offset = v.block_offset(p, 0), stat = v.stat_offset(p, 0);
-      kernels::backward_block_affine_s<Centered>(
-          x + offset, dy + offset, dx + offset, v.S, v.T, Centered ? mean + stat : nullptr,
-          rstd + stat, gamma, weight_grad ? dgamma.data() : nullptr,
-          bias_grad ? dbeta.data() : nullptr, scratch.data());
+  std::vector<Acc> dgamma(weight_grad ? n * std::size_t(items) : 0, Acc(0));
+  std::vector<Acc> dbeta(bias_grad ? n * std::size_t(items) : 0, Acc(0));
+  const double bytes_per_item = double(chunk_rows * v.S * std::min(v.T, lane_piece)) * 12.0;
+  par.for_ranges(items, bytes_per_item, [&](Index first, Index last) {
+    std::vector<Acc> scratch(static_cast<std::size_t>(4 * std::min(v.T, lane_piece)));
+    for (Index item = first; item < last; ++item) {
+      const Index c = item / pieces, t0 = (item % pieces) * lane_piece;
+      const Index width = std::min(lane_piece, v.T - t0);
+      Acc* dg = weight_grad ? dgamma.data() + std::size_t(item) * n : nullptr;
+      Acc* db = bias_grad ? dbeta.data() + std::size_t(item) * n : nullptr;
+      for (Index p = c * chunk_rows; p < std::min(v.P, (c + 1) * chunk_rows); ++p) {
+        const Index offset = v.block_offset(p, 0) + t0, stat = v.stat_offset(p, 0) + t0;
+        kernels::backward_block_affine_s<Centered>(
+            x + offset, dy + offset, dx + offset, v.S, width, v.T,
+            Centered ? mean + stat : nullptr, rstd + stat, gamma, dg, db, scratch.data());
+      }
     }
-    for (std::size_t s = 0; s < dgamma.size(); ++s) dgamma_total[s] += dgamma[s];
-    for (std::size_t s = 0; s < dbeta.size(); ++s) dbeta_total[s] += dbeta[s];
-  }
-  auto scatter = [&](span<P> out, const std::vector<Acc>& in) {
-    for (std::size_t s = 0; s < in.size(); ++s)
-      out[order.empty() ? static_cast<Index>(s) : order[s]] += static_cast<P>(in[s]);
+  });
+  auto add_chunks = [&](span<P> out, const std::vector<Acc>& partial) {
+    for (std::size_t s = 0; s < n; ++s) {
+      Acc total = 0;
+      for (Index item = 0; item < items; ++item) total += partial[std::size_t(item) * n + s];
+      out[order.empty() ? static_cast<Index>(s) : order[s]] += static_cast<P>(total);
+    }
   };
-  if (weight_grad) scatter(weight_grad, dgamma_total);
-  if (bias_grad) scatter(bias_grad, dbeta_total);
+  if (weight_grad) add_chunks(weight_grad, dgamma);
+  if (bias_grad) add_chunks(bias_grad, dbeta);
 }
 
 }  // namespace normlayers::detail

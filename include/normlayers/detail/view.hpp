@@ -21,10 +21,12 @@
 //   general  anything else: per (p, r) a block of Q runs of S*T values, lanes
 //            across t (T may be 1 with Q, R > 1, e.g. BatchNorm NCHW).
 
+#include <algorithm>
 #include <array>
 #include <vector>
 
 #include <normlayers/detail/kernels/reduce.hpp>
+#include <normlayers/parallel.hpp>
 
 namespace normlayers::detail {
 
@@ -84,14 +86,29 @@ inline View make_view(const std::vector<Index>& dims, bool row_major,
   return v;
 }
 
-// Calls f(offset, stat, block) for every statistic block (p, r) of the view, in
-// memory order: `offset` is the block's first element, `stat` the index of its
-// first statistic (lane t is statistic stat + t).
-template <typename F>
-void for_each_stat_block(const View& v, F f) {
-  const kernels::Block b{v.Q, v.S, v.T, v.q_stride()};
-  for (Index p = 0; p < v.P; ++p)
-    for (Index r = 0; r < v.R; ++r) f(v.block_offset(p, r), v.stat_offset(p, r), b);
+// Statistics per work item when lanes run across statistics: a multiple of
+// every packet size, so pieces do not change how any lane is computed.
+inline constexpr Index lane_piece = 256;
+
+// Calls f(state, offset, stat, block) for every statistic block (p, r) of the
+// view: `offset` is the block's first element, `stat` the index of its first
+// statistic (lane t is statistic stat + t). Blocks run on par's threads in
+// ranges; each range gets its own state = make_state() (scratch buffers), and
+// a block's result never depends on which range or thread ran it.
+template <typename MakeState, typename F>
+void for_each_stat_block(const View& v, const Parallel& par, MakeState make_state, F f) {
+  // Wide lanes are cut into pieces of lane_piece statistics, each its own work item.
+  const Index pieces = (v.T + lane_piece - 1) / lane_piece;
+  const double bytes_per_item = double(v.Q * v.S * std::min(v.T, lane_piece)) * 8.0;
+  par.for_ranges(v.P * v.R * pieces, bytes_per_item, [&](Index first, Index last) {
+    auto state = make_state();
+    for (Index i = first; i < last; ++i) {
+      const Index block = i / pieces, t0 = (i % pieces) * lane_piece;
+      const Index p = block / v.R, r = block % v.R;
+      const kernels::Block b{v.Q, v.S, std::min(lane_piece, v.T - t0), v.q_stride(), v.T};
+      f(state, v.block_offset(p, r) + t0, v.stat_offset(p, r) + t0, b);
+    }
+  });
 }
 
 }  // namespace normlayers::detail

@@ -20,7 +20,8 @@ namespace normlayers::detail::kernels {
 //            dx = rstd*g - xc*rstd^3*B/M                 (RMSNorm)
 // gamma, dgamma, dbeta may be null. `scratch` holds 4 * lanes values.
 template <bool Centered, typename T, typename P>
-void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lanes, const T* mean,
+void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lanes, Index stride,
+                             const T* mean,
                              const T* rstd, const P* gamma, T* dgamma, T* dbeta, T* scratch) {
   using Pk = packet_t<T>;
   constexpr Index N = packet_size<T>;
@@ -88,8 +89,8 @@ void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lane
     Index rows = 0;
     for (Index s = 0; s < S; ++s) {
       const T gs = G ? static_cast<T>(gamma[s]) : T(1);
-      const T* xr = x + s * lanes;
-      const T* dr = dy + s * lanes;
+      const T* xr = x + s * stride;
+      const T* dr = dy + s * stride;
       Pk dg = splat<Pk>(T(0)), db = dg;
       T dg_tail = 0, db_tail = 0;
       auto lane_step = [&](auto xv, auto dv, Index t, auto& acc_g, auto& acc_b) {
@@ -125,7 +126,7 @@ void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lane
     }
     for (Index s = 0; s < S; ++s) {
       const T gs = G ? static_cast<T>(gamma[s]) : T(1);
-      const Index o = s * lanes;
+      const Index o = s * stride;
       map2_run(x + o, dy + o, dx + o, lanes, [&](auto xv, auto dv, Index t) {
         using V = decltype(xv);
         const V xc = Centered ? psub(xv, load_as<V>(mean + t)) : xv;

@@ -58,4 +58,17 @@ void block_moments(const T* x, const Block& b, T* mean, T* m2, T* scratch) {
       m2, scratch);
 }
 
+// Merges the moments of a second part (count_b values, mean_b, m2_b) into
+// those of a first (count_a, mean_a, m2_a), exactly as if computed together
+// (Chan, Golub and LeVeque): the step that lets partial statistics computed
+// apart (by threads, or by processes in synchronized BatchNorm) combine.
+template <typename T>
+void merge_moments(T count_a, T& mean_a, T& m2_a, T count_b, T mean_b, T m2_b) {
+  const T count = count_a + count_b;
+  if (count_b == T(0)) return;
+  const T delta = mean_b - mean_a;
+  mean_a += delta * (count_b / count);
+  m2_a += m2_b + delta * delta * (count_a * count_b / count);
+}
+
 }  // namespace normlayers::detail::kernels

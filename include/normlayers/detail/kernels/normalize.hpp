@@ -9,11 +9,11 @@
 namespace normlayers::detail::kernels {
 
 // Norms whose affine parameters run along the reduced axis (LayerNorm,
-// RMSNorm): one block of S rows of `lanes` values,
+// RMSNorm): one block of S rows (stride apart) of `lanes` values,
 //   y[s, t] = (x[s, t] - mean[t]) * rstd[t] * gamma[s] + beta[s]
 // gamma/beta may be null (1 and 0).
 template <typename T, typename P>
-void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, const T* mean,
+void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, Index stride, const T* mean,
                               const T* rstd, const P* gamma, const P* beta) {
   with_affine(gamma, beta, [&](auto has_gamma, auto has_beta) {
     constexpr bool G = decltype(has_gamma)::value;
@@ -31,7 +31,7 @@ void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, const T* m
     }
     for (Index s = 0; s < S; ++s) {
       const T g = G ? static_cast<T>(gamma[s]) : T(1), b = B ? static_cast<T>(beta[s]) : T(0);
-      map_run(x + s * lanes, y + s * lanes, lanes, [&](auto v, Index t) {
+      map_run(x + s * stride, y + s * stride, lanes, [&](auto v, Index t) {
         using V = decltype(v);
         return pmadd(pmul(psub(v, load_as<V>(mean + t)), load_as<V>(rstd + t)), splat<V>(g),
                      splat<V>(b));

@@ -17,9 +17,12 @@
 
 namespace normlayers::detail::kernels {
 
+// lanes statistics side by side; consecutive rows are row_stride apart (the
+// view's T, which exceeds `lanes` when the lanes are cut into pieces).
 struct Block {
-  Index Q = 1, S = 1, lanes = 1, q_stride = 0;
+  Index Q = 1, S = 1, lanes = 1, q_stride = 0, row_stride = 1;
   Index reduced() const { return Q * S; }
+  Index row(Index q, Index s) const { return q * q_stride + s * row_stride; }
 };
 
 // Two sums carried together (e.g. sum(dy) and sum(dy * (x - mean))).
@@ -37,7 +40,7 @@ void for_each_row(const Block& b, F f, Flush flush) {
   Index rows = 0;
   for (Index q = 0; q < b.Q; ++q)
     for (Index s = 0; s < b.S; ++s) {
-      f(q * b.q_stride + s * b.lanes);
+      f(b.row(q, s));
       if (++rows == row_block) flush(), rows = 0;
     }
   flush();
@@ -111,7 +114,7 @@ void map_block(const T* x, T* out, const Block& b, F f) {
   }
   for (Index q = 0; q < b.Q; ++q)
     for (Index s = 0; s < b.S; ++s) {
-      const Index o = q * b.q_stride + s * L;
+      const Index o = b.row(q, s);
       map_run(x + o, out + o, L, f);
     }
 }
@@ -129,7 +132,7 @@ void map2_block(const T* x, const T* y, T* out, const Block& b, F f) {
   }
   for (Index q = 0; q < b.Q; ++q)
     for (Index s = 0; s < b.S; ++s) {
-      const Index o = q * b.q_stride + s * L;
+      const Index o = b.row(q, s);
       map2_run(x + o, y + o, out + o, L, f);
     }
 }

@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// normlayers::Parallel: where a layer runs its loops. Default: the calling
+// thread. Constructed from an Eigen::ThreadPoolDevice (define
+// EIGEN_USE_THREADS before including Eigen to have it), the loops over
+// independent statistics run on the device's threads:
+//
+//   Eigen::ThreadPool pool(2);
+//   Eigen::ThreadPoolDevice device(&pool, 2);
+//   layer.set_parallel(normlayers::Parallel(device));   // device must outlive the use
+//
+// Work is cut into pieces whose boundaries depend only on the tensor's shape,
+// and partial results are combined in a fixed order, so outputs and gradients
+// are bitwise identical for any number of threads.
+
+#include <functional>
+#include <utility>
+
+#include <unsupported/Eigen/CXX11/Tensor>
+
+namespace normlayers {
+
+class Parallel {
+ public:
+  using Index = Eigen::Index;
+  using Range = std::function<void(Index, Index)>;
+
+  // Runs everything on the calling thread.
+  Parallel() = default;
+
+  // Runs on the threads of `device` (anything with numThreads() and
+  // parallelFor(n, Eigen::TensorOpCost, std::function<void(Index, Index)>),
+  // such as Eigen::ThreadPoolDevice), which must outlive this object's use.
+  template <typename Device>
+  explicit Parallel(const Device& device)
+      : threads_(device.numThreads()),
+        run_([&device](Index n, double bytes_per_item, const Range& f) {
+          device.parallelFor(n, Eigen::TensorOpCost(bytes_per_item, bytes_per_item, bytes_per_item),
+                             f);
+        }) {}
+
+  int num_threads() const noexcept { return threads_; }
+
+  // Calls f(first, last) over ranges that cover [0, n) once, possibly
+  // concurrently. Items must be independent; `bytes_per_item` (memory an item
+  // touches) guides how finely the work is cut.
+  template <typename F>
+  void for_ranges(Index n, double bytes_per_item, F&& f) const {
+    if (n <= 0) return;
+    if (!run_ || threads_ <= 1 || n == 1) {
+      f(Index(0), n);
+      return;
+    }
+    run_(n, bytes_per_item, Range(std::ref(f)));
+  }
+
+ private:
+  int threads_ = 1;
+  std::function<void(Index, double, const Range&)> run_;
+};
+
+}  // namespace normlayers

@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: MIT
+// Every layer gives bitwise identical outputs, gradients and running
+// statistics whether it runs on the calling thread or on 1, 2 or 4 threads of
+// an Eigen::ThreadPoolDevice.
+#define EIGEN_USE_THREADS
+#include <normlayers/normlayers.hpp>
+
+#include <gtest/gtest.h>
+
+#include <memory>
+
+#include "test_support.hpp"
+
+namespace nl = normlayers;
+using test::Index;
+using test::Vec;
+
+namespace {
+
+struct Pool {
+  explicit Pool(int n) : pool(n), device(&pool, n) {}
+  Eigen::ThreadPool pool;
+  Eigen::ThreadPoolDevice device;
+};
+
+// A "device" that runs every item as its own range, last item first: results
+// must not depend on how the work is cut or in which order pieces run. It
+// counts the ranges, so a test can tell that the work really was split.
+struct SplittingDevice {
+  mutable Index calls = 0, ranges = 0;
+  int numThreads() const { return 4; }
+  void parallelFor(Index n, const Eigen::TensorOpCost&, const std::function<void(Index, Index)>& f) const {
+    ++calls;
+    for (Index i = n; i-- > 0;) f(i, i + 1), ++ranges;
+  }
+};
+
+// Forward then backward (twice, so gradients accumulate) with `make()`'s
+// module on `parallel`; returns y, dx, the parameter gradients and buffers.
+template <int Layout, std::size_t Rank, typename Make>
+Vec run(const std::array<Index, Rank>& dims, Make make, const nl::Parallel& parallel) {
+  auto m = make();
+  m.set_parallel(parallel);
+  const std::size_t n = std::size_t(test::numel(dims));
+  const auto x = test::make_tensor<double, Layout>(dims, test::random_vec(n, 7, 0.5, 2.0));
+  const auto dy = test::make_tensor<double, Layout>(dims, test::random_vec(n, 8));
+  Vec out = test::to_vec(m.forward(x));
+  for (int i = 0; i < 2; ++i) {
+    const Vec dx = test::to_vec(m.backward(x, dy));
+    out.insert(out.end(), dx.begin(), dx.end());
+  }
+  if (m.has_weight()) {
+    const Vec g = test::to_vec(m.weight_grad());
+    out.insert(out.end(), g.begin(), g.end());
+  }
+  if (m.has_bias()) {
+    const Vec g = test::to_vec(m.bias_grad());
+    out.insert(out.end(), g.begin(), g.end());
+  }
+  return out;
+}
+
+template <int Layout, std::size_t Rank, typename Make>
+void expect_same_for_any_thread_count(const std::array<Index, Rank>& dims, Make make) {
+  const Vec serial = run<Layout>(dims, make, nl::Parallel());
+  SplittingDevice splitter;
+  EXPECT_EQ(run<Layout>(dims, make, nl::Parallel(splitter)), serial) << "split item by item";
+  EXPECT_GT(splitter.ranges, splitter.calls) << "the work was never split";
+  for (int threads : {1, 2, 4}) {
+    Pool pool(threads);
+    const Vec parallel = run<Layout>(dims, make, nl::Parallel(pool.device));
+    ASSERT_EQ(parallel.size(), serial.size());
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < serial.size(); ++i) differ += parallel[i] != serial[i];
+    EXPECT_EQ(differ, 0u) << threads << " threads";
+  }
+}
+
+template <typename Fn>
+void for_both_layouts(Fn fn) {
+  fn(std::integral_constant<int, Eigen::RowMajor>{});
+  fn(std::integral_constant<int, Eigen::ColMajor>{});
+}
+
+TEST(Parallel, LayerNormAndRMSNorm) {
+  for_both_layouts([](auto layout) {
+    constexpr int L = decltype(layout)::value;
+    expect_same_for_any_thread_count<L>(std::array<Index, 3>{5, 70, 33}, [] {
+      nl::LayerNorm<double> ln({33});
+      test::set_random_params(ln, 1);
+      return ln;
+    });
+    expect_same_for_any_thread_count<L>(std::array<Index, 2>{300, 40}, [] {
+      nl::RMSNorm<double> rms({40});
+      test::set_random_params(rms, 2);
+      return rms;
+    });
+  });
+}
+
+TEST(Parallel, BatchNormTrainEvalAndChannelsLast) {
+  for_both_layouts([](auto layout) {
+    constexpr int L = decltype(layout)::value;
+    for (bool last : {false, true})
+      for (bool train : {true, false}) {
+        expect_same_for_any_thread_count<L>(std::array<Index, 4>{6, 10, 9, 10}, [=] {
+          nl::BatchNormOptions o;
+          o.channels_last = last;
+          nl::BatchNorm<double> bn(10, o);
+          test::set_random_params(bn, 3);
+          if (!train) bn.eval();
+          return bn;
+        });
+      }
+  });
+}
+
+TEST(Parallel, GroupNormAndInstanceNorm) {
+  for_both_layouts([](auto layout) {
+    constexpr int L = decltype(layout)::value;
+    for (bool last : {false, true}) {
+      const auto dims = last ? std::array<Index, 4>{3, 24, 24, 8} : std::array<Index, 4>{3, 8, 24, 24};
+      expect_same_for_any_thread_count<L>(dims, [=] {
+        nl::GroupNormOptions o;
+        o.channels_last = last;
+        nl::GroupNorm<double> gn(4, 8, o);
+        test::set_random_params(gn, 4);
+        return gn;
+      });
+      expect_same_for_any_thread_count<L>(dims, [=] {
+        nl::InstanceNormOptions o;
+        o.channels_last = last;
+        o.affine = true;
+        nl::InstanceNorm<double> in(8, o);
+        test::set_random_params(in, 5);
+        return in;
+      });
+    }
+  });
+}
+
+}  // namespace
