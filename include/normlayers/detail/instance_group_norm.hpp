@@ -118,12 +118,11 @@ void instance_norm_backward_run(const InstanceGeometry& g, const Parallel& par, 
   if (dbeta) add_per_channel(g, db, dbeta);
 }
 
-// GroupNorm: the per-(n, c) geometry plus the per-(n, g) view. A channel
-// c = g*D + d has d as its faster part, so C splits into dims (G, D) in a
-// row-major input and (D, G) in a column-major one (first dim fastest).
+// GroupNorm: the per-(n, c) geometry and the groups of D = C/G consecutive
+// channels. Statistics per (n, g) are stored in the input's storage order of
+// (N, G): n*G + g row-major, g*N + n column-major.
 struct GroupGeometry {
   InstanceGeometry inst;
-  View group_view;
   Index groups = 0, group_size = 0, count = 0;  // count: values per (n, g)
 
   Index num_group_stats() const { return inst.batch * groups; }
@@ -152,29 +151,36 @@ GroupGeometry group_geometry(const char* layer, const X& x, Index num_groups, In
   check_groups(layer, num_groups, num_channels);
   g.groups = num_groups;
   g.group_size = num_channels / num_groups;
-  std::vector<Index> dims = dims_of(x);
-  std::vector<bool> reduced(dims.size(), true);
-  reduced[0] = false;
-  const auto axis = static_cast<std::size_t>(g.inst.axis);
-  dims[axis] = g.inst.row_major ? num_groups : g.group_size;
-  dims.insert(dims.begin() + std::ptrdiff_t(axis) + 1,
-              g.inst.row_major ? g.group_size : num_groups);
-  reduced.insert(reduced.begin() + std::ptrdiff_t(axis) + 1, true);
-  reduced[axis + (g.inst.row_major ? 0 : 1)] = false;  // the G dim
-  g.group_view = make_view(dims, g.inst.row_major, reduced);
   g.count = g.group_size * g.inst.count;
   return g;
 }
 
-// GroupNorm forward: statistics per (n, g), then y = (x - mean_g) *
+// GroupNorm forward: moments per (n, c) on the per-(n, c) view (the fast
+// kernels for either layout), merged exactly per (n, g) over the group's
+// channels in channel order (Chan's formula); then y = (x - mean_g) *
 // (rstd_g * gamma_c) + beta_c per (n, c). mean/rstd per (n, g).
 template <typename T, typename P, typename Acc>
-void group_norm_forward_run(const GroupGeometry& g, const Parallel& par, const T* x, T* y, const P* gamma,
-                            const P* beta, Acc eps, Acc* mean, Acc* rstd) {
-  stat_moments(g.group_view, par, x, mean, rstd);
-  for (Index s = 0; s < g.num_group_stats(); ++s) rstd[s] = Acc(1) / std::sqrt(rstd[s] + eps);
+void group_norm_forward_run(const GroupGeometry& g, const Parallel& par, const T* x, T* y,
+                            const P* gamma, const P* beta, Acc eps, Acc* mean, Acc* rstd) {
   const auto n = static_cast<std::size_t>(g.inst.num_stats());
-  std::vector<Acc> m(n), scale(n), shift(n);
+  std::vector<Acc> m(n), var(n);
+  stat_moments(g.inst.view, par, x, m.data(), var.data());
+  const Acc count = static_cast<Acc>(g.inst.count);
+  for (Index ns = 0; ns < g.inst.batch; ++ns)
+    for (Index grp = 0; grp < g.groups; ++grp) {
+      Acc gm = 0, gm2 = 0, gcount = 0;
+      for (Index d = 0; d < g.group_size; ++d) {
+        const Index c = grp * g.group_size + d;
+        const auto s = static_cast<std::size_t>(g.inst.row_major ? ns * g.inst.channels + c
+                                                                 : c * g.inst.batch + ns);
+        kernels::merge_moments(gcount, gm, gm2, count, m[s], var[s] * count);
+        gcount += count;
+      }
+      const Index gs = g.inst.row_major ? ns * g.groups + grp : grp * g.inst.batch + ns;
+      mean[gs] = gm;
+      rstd[gs] = Acc(1) / std::sqrt(gm2 / static_cast<Acc>(g.count) + eps);
+    }
+  std::vector<Acc> scale(n), shift(n);
   for (std::size_t s = 0; s < n; ++s) {
     const Index gs = g.group_stat_of(Index(s)), c = g.inst.channel_of(Index(s));
     m[s] = mean[gs];
