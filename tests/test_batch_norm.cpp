@@ -459,3 +459,37 @@ TEST_F(BatchNormErrors, FunctionalArguments) {
 }
 
 }  // namespace
+
+namespace {
+
+// Outputs of more than 4M values are written with streaming stores; an
+// output one float off packet alignment exercises the aligned body, the
+// unaligned head and the tail.
+TEST(BatchNormLarge, StreamingStoresMatchTheReference) {
+  for (bool last : {false, true}) {
+    const std::array<Index, 4> dims = last ? std::array<Index, 4>{4, 33, 160, 200}
+                                           : std::array<Index, 4>{4, 200, 33, 160};
+    const std::size_t n = std::size_t(test::numel(dims));
+    ASSERT_GT(n, std::size_t(4) << 20);
+    nl::BatchNormOptions o;
+    o.channels_last = last;
+    nl::BatchNorm<float> bn(200, o);
+    test::set_random_params(bn, 5);
+    const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 6));
+    const auto dy = test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 7));
+    std::vector<float> ybuf(n + 1), dxbuf(n + 1);
+    Eigen::TensorMap<Eigen::Tensor<float, 4, Eigen::RowMajor>> y(ybuf.data() + 1, dims);
+    Eigen::TensorMap<Eigen::Tensor<float, 4, Eigen::RowMajor>> dx(dxbuf.data() + 1, dims);
+    bn.forward(x, y);
+    bn.backward(x, dy, dx);
+    const Vec gamma = test::to_vec(bn.weight()), beta = test::to_vec(bn.bias());
+    const std::size_t axis = last ? 3 : 1;
+    const auto ref = reference::batch_norm_forward(test::logical(x), test::dims_vec(dims), axis, gamma, beta, 1e-5);
+    EXPECT_TRUE(test::all_close(test::logical(y), ref.y, 1e-5, 1e-5)) << "last " << last;
+    const auto grads = reference::batch_norm_backward(test::logical(x), test::logical(dy), test::dims_vec(dims), axis, gamma, 1e-5);
+    EXPECT_TRUE(test::all_close(test::logical(dx), grads.dx, 1e-5, 1e-5)) << "last " << last;
+    EXPECT_EQ(ybuf[0], 0.f);  // nothing written before the output
+  }
+}
+
+}  // namespace

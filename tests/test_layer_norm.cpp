@@ -424,3 +424,38 @@ TEST_F(LayerNormErrors, MissingParametersAndWrongSizesInFunctional) {
 }
 
 }  // namespace
+
+namespace {
+
+// Outputs of more than 4M values are written with streaming stores; an output
+// one float off packet alignment exercises the aligned body, head and tail.
+template <int Layout>
+void check_streaming_output() {
+  const std::array<Index, 2> dims{4099, 1025};
+  const std::size_t n = std::size_t(test::numel(dims));
+  ASSERT_GT(n, std::size_t(4) << 20);
+  nl::LayerNorm<float> ln({1025});
+  test::set_random_params(ln, 3);
+  const auto x = test::make_tensor<float, Layout>(dims, test::random_vec(n, 4));
+  const auto dy = test::make_tensor<float, Layout>(dims, test::random_vec(n, 5));
+  std::vector<float> ybuf(n + 1), dxbuf(n + 1);
+  Eigen::TensorMap<Eigen::Tensor<float, 2, Layout>> y(ybuf.data() + 1, dims);
+  Eigen::TensorMap<Eigen::Tensor<float, 2, Layout>> dx(dxbuf.data() + 1, dims);
+  ln.forward(x, y);
+  ln.backward(x, dy, dx);
+  const Vec gamma = test::to_vec(ln.weight()), beta = test::to_vec(ln.bias());
+  const auto ref = reference::row_norm_forward(test::logical(x), 1025, gamma, beta, 1e-5, true);
+  EXPECT_TRUE(test::all_close(test::logical(y), ref.y, 1e-5, 1e-5));
+  const auto grads =
+      reference::row_norm_backward(test::logical(x), test::logical(dy), 1025, gamma, 1e-5, true);
+  EXPECT_TRUE(test::all_close(test::logical(dx), grads.dx, 1e-5, 1e-5));
+  EXPECT_EQ(ybuf[0], 0.f);
+}
+TEST(LayerNormLarge, StreamingStoresMatchTheReferenceRowMajor) {
+  check_streaming_output<Eigen::RowMajor>();
+}
+TEST(LayerNormLarge, StreamingStoresMatchTheReferenceColMajor) {
+  check_streaming_output<Eigen::ColMajor>();
+}
+
+}  // namespace

@@ -76,7 +76,8 @@ inline bool use_row_chunks(const View& v) {
 inline Index row_chunks(const View& v) { return (v.S + row_chunk - 1) / row_chunk; }
 // Rows [c * row_chunk, ...) of the tall block, as a block of their own.
 inline kernels::Block chunk_block(const View& v, Index c) {
-  return kernels::Block{1, std::min(row_chunk, v.S - c * row_chunk), v.T, 0, v.T};
+  return kernels::Block{1, std::min(row_chunk, v.S - c * row_chunk), v.T, 0, v.T,
+                        v.streams_output()};
 }
 inline Index chunk_offset(const View& v, Index c) { return c * row_chunk * v.T; }
 
@@ -125,6 +126,7 @@ void channel_norm_forward_chunked(const View& v, const Parallel& par, const T* x
     for (Index c = first; c < last; ++c)
       kernels::normalize_block_per_stat(x + chunk_offset(v, c), y + chunk_offset(v, c),
                                         chunk_block(v, c), mean, scale.data(), shift.data());
+    kernels::streaming_fence();
   });
 }
 
@@ -262,6 +264,7 @@ void channel_norm_backward_chunked(const View& v, const Parallel& par, const T* 
       kernels::backward_apply_block(x + chunk_offset(v, c), dy + chunk_offset(v, c),
                                     dx + chunk_offset(v, c), chunk_block(v, c), mean, u.data(),
                                     shift.data(), w.data(), z.data());
+    kernels::streaming_fence();
   });
 }
 

@@ -137,7 +137,7 @@ void trailing_norm_forward(const TrailingGeometry& g, const Parallel& par,
     for (Index t = 0; t < b.lanes; ++t)  // M2 -> rstd
       st.rstd[std::size_t(t)] = Acc(1) / std::sqrt(st.rstd[std::size_t(t)] / m + eps);
     kernels::normalize_block_affine_s(x + offset, y + offset, b.S, b.lanes, b.row_stride,
-                                      st.mean.data(), st.rstd.data(), gamma, beta);
+                                      st.mean.data(), st.rstd.data(), gamma, beta, b.stream);
     if (mean_out && Centered) std::copy_n(st.mean.begin(), lanes_here, mean_out + stat);
     if (rstd_out) std::copy_n(st.rstd.begin(), lanes_here, rstd_out + stat);
   });
@@ -177,10 +177,11 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
       for (Index p = c * chunk_rows; p < std::min(v.P, (c + 1) * chunk_rows); ++p) {
         const Index offset = v.block_offset(p, 0) + t0, stat = v.stat_offset(p, 0) + t0;
         kernels::backward_block_affine_s<Centered>(
-            x + offset, dy + offset, dx + offset, v.S, width, v.T,
+            x + offset, dy + offset, dx + offset, v.S, width, v.T, v.streams_output(),
             Centered ? mean + stat : nullptr, rstd + stat, gamma, dg, db, scratch.data());
       }
     }
+    kernels::streaming_fence();
   });
   auto add_chunks = [&](span<P> out, const std::vector<Acc>& partial) {
     for (std::size_t s = 0; s < n; ++s) {

@@ -39,6 +39,8 @@ struct View {
   Index reduced_size() const { return Q * S; }
   Index size() const { return P * Q * R * S * T; }
   bool is_rows() const { return Q == 1 && R == 1 && T == 1; }
+  // Whether outputs of this size are written with streaming stores.
+  bool streams_output() const { return size() > kernels::streaming_store_values; }
 
   // The block of one (p, r): Q runs of S*T values, consecutive runs q_stride apart.
   Index block_offset(Index p, Index r) const { return (p * Q * R + r) * S * T; }
@@ -100,14 +102,16 @@ void for_each_stat_block(const View& v, const Parallel& par, MakeState make_stat
   // Wide lanes are cut into pieces of lane_piece statistics, each its own work item.
   const Index pieces = (v.T + lane_piece - 1) / lane_piece;
   const double bytes_per_item = double(v.Q * v.S * std::min(v.T, lane_piece)) * 8.0;
+  const bool stream = v.streams_output();
   par.for_ranges(v.P * v.R * pieces, bytes_per_item, [&](Index first, Index last) {
     auto state = make_state();
     for (Index i = first; i < last; ++i) {
       const Index block = i / pieces, t0 = (i % pieces) * lane_piece;
       const Index p = block / v.R, r = block % v.R;
-      const kernels::Block b{v.Q, v.S, std::min(lane_piece, v.T - t0), v.q_stride(), v.T};
+      const kernels::Block b{v.Q, v.S, std::min(lane_piece, v.T - t0), v.q_stride(), v.T, stream};
       f(state, v.block_offset(p, r) + t0, v.stat_offset(p, r) + t0, b);
     }
+    if (stream) kernels::streaming_fence();
   });
 }
 

@@ -21,7 +21,7 @@ namespace normlayers::detail::kernels {
 // gamma, dgamma, dbeta may be null. `scratch` holds 4 * lanes values.
 template <bool Centered, typename T, typename P>
 void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lanes, Index stride,
-                             const T* mean,
+                             bool stream, const T* mean,
                              const T* rstd, const P* gamma, T* dgamma, T* dbeta, T* scratch) {
   using Pk = packet_t<T>;
   constexpr Index N = packet_size<T>;
@@ -80,7 +80,7 @@ void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lane
         using V = decltype(xv);
         const V g = G ? pmul(dv, load_as<V>(gamma + s)) : dv;
         return pmadd(padd(g, splat<V>(v)), splat<V>(r), pmul(psub(xv, splat<V>(mu)), splat<V>(k1)));
-      });
+      }, stream);
       return;
     }
     // Lanes across statistics (column-major inputs): gamma[s] is one value
@@ -132,7 +132,7 @@ void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lane
         const V xc = Centered ? psub(xv, load_as<V>(mean + t)) : xv;
         return pmadd(padd(pmul(splat<V>(gs), dv), load_as<V>(c1 + t)), load_as<V>(rstd + t),
                      pmul(xc, load_as<V>(c2 + t)));
-      });
+      }, stream);
     }
   });
 }

@@ -14,7 +14,7 @@ namespace normlayers::detail::kernels {
 // gamma/beta may be null (1 and 0).
 template <typename T, typename P>
 void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, Index stride, const T* mean,
-                              const T* rstd, const P* gamma, const P* beta) {
+                              const T* rstd, const P* gamma, const P* beta, bool stream) {
   with_affine(gamma, beta, [&](auto has_gamma, auto has_beta) {
     constexpr bool G = decltype(has_gamma)::value;
     constexpr bool B = decltype(has_beta)::value;
@@ -26,7 +26,7 @@ void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, Index stri
         if constexpr (G) out = pmul(out, load_as<V>(gamma + s));
         if constexpr (B) out = padd(out, load_as<V>(beta + s));
         return out;
-      });
+      }, stream);
       return;
     }
     for (Index s = 0; s < S; ++s) {
@@ -35,7 +35,7 @@ void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, Index stri
         using V = decltype(v);
         return pmadd(pmul(psub(v, load_as<V>(mean + t)), load_as<V>(rstd + t)), splat<V>(g),
                      splat<V>(b));
-      });
+      }, stream);
     }
   });
 }

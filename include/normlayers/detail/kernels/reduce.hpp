@@ -21,6 +21,7 @@ namespace normlayers::detail::kernels {
 // view's T, which exceeds `lanes` when the lanes are cut into pieces).
 struct Block {
   Index Q = 1, S = 1, lanes = 1, q_stride = 0, row_stride = 1;
+  bool stream = false;  // write outputs with streaming stores (see simd.hpp)
   Index reduced() const { return Q * S; }
   Index row(Index q, Index s) const { return q * q_stride + s * row_stride; }
 };
@@ -108,14 +109,14 @@ void map_block(const T* x, T* out, const Block& b, F f) {
   if (L == 1) {
     for (Index q = 0; q < b.Q; ++q) {
       const Index o = q * b.q_stride;
-      map_run(x + o, out + o, b.S, [&](auto v, Index) { return f(v, Index(0)); });
+      map_run(x + o, out + o, b.S, [&](auto v, Index) { return f(v, Index(0)); }, b.stream);
     }
     return;
   }
   for (Index q = 0; q < b.Q; ++q)
     for (Index s = 0; s < b.S; ++s) {
       const Index o = b.row(q, s);
-      map_run(x + o, out + o, L, f);
+      map_run(x + o, out + o, L, f, b.stream);
     }
 }
 
@@ -126,14 +127,16 @@ void map2_block(const T* x, const T* y, T* out, const Block& b, F f) {
   if (L == 1) {
     for (Index q = 0; q < b.Q; ++q) {
       const Index o = q * b.q_stride;
-      map2_run(x + o, y + o, out + o, b.S, [&](auto xv, auto yv, Index) { return f(xv, yv, Index(0)); });
+      map2_run(
+          x + o, y + o, out + o, b.S, [&](auto xv, auto yv, Index) { return f(xv, yv, Index(0)); },
+          b.stream);
     }
     return;
   }
   for (Index q = 0; q < b.Q; ++q)
     for (Index s = 0; s < b.S; ++s) {
       const Index o = b.row(q, s);
-      map2_run(x + o, y + o, out + o, L, f);
+      map2_run(x + o, y + o, out + o, L, f, b.stream);
     }
 }
 

@@ -9,7 +9,9 @@
 // scalar tail of a loop.
 
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include <unsupported/Eigen/CXX11/Tensor>
 
@@ -103,23 +105,72 @@ void sum2_run(const T* x, const T* y, Index n, F f, T& out_a, T& out_b) {
   out_b = tb;
 }
 
+// Outputs of more values than this (16 MiB of float) are written with
+// non-temporal (streaming) stores: they would not stay in a typical last-level
+// cache anyway, and streaming skips the read-for-ownership of every output
+// line (a third of a forward's memory traffic).
+inline constexpr Index streaming_store_values = Index(4) << 20;
+
+// A streaming store of a whole packet to a packet-aligned address, where the
+// ISA has one; a plain store otherwise.
+template <typename T>
+inline void store_streaming(T* p, const packet_t<T>& v) {
+#if defined(EIGEN_VECTORIZE_AVX512)
+  if constexpr (std::is_same_v<T, float>) return _mm512_stream_ps(p, v);
+  if constexpr (std::is_same_v<T, double>) return _mm512_stream_pd(p, v);
+#elif defined(EIGEN_VECTORIZE_AVX)
+  if constexpr (std::is_same_v<T, float>) return _mm256_stream_ps(p, v);
+  if constexpr (std::is_same_v<T, double>) return _mm256_stream_pd(p, v);
+#elif defined(EIGEN_VECTORIZE_SSE2)
+  if constexpr (std::is_same_v<T, float>) return _mm_stream_ps(p, v);
+  if constexpr (std::is_same_v<T, double>) return _mm_stream_pd(p, v);
+#endif
+  store(p, v);
+}
+// Orders streaming stores before whatever follows (another thread's reads);
+// every loop that may stream calls it once at its end.
+inline void streaming_fence() {
+#if defined(EIGEN_VECTORIZE_SSE2)
+  _mm_sfence();
+#endif
+}
+
+// out[i] = f(in(i), i) over n values, in(i) the inputs at i as packets (or
+// scalars in the head and tail); with `stream`, aligned packets are written
+// with streaming stores.
+template <typename T, typename In, typename F>
+void map_run_with(T* out, Index n, bool stream, In in, F f) {
+  constexpr Index N = packet_size<T>;
+  Index i = 0;
+  if (stream && N > 1) {
+    const auto misaligned = reinterpret_cast<std::uintptr_t>(out) % (N * sizeof(T));
+    Index head = misaligned % sizeof(T) ? n : Index((N * sizeof(T) - misaligned) / sizeof(T)) % N;
+    for (head = std::min(head, n); i < head; ++i) out[i] = f(in(i, T()), i);
+    for (; i + N <= n; i += N) store_streaming(out + i, f(in(i, packet_t<T>()), i));
+    for (; i < n; ++i) out[i] = f(in(i, T()), i);
+    return;  // the caller fences once after all its runs (streaming_fence)
+  }
+  for (; i + N <= n; i += N) store(out + i, f(in(i, packet_t<T>()), i));
+  for (; i < n; ++i) out[i] = f(in(i, T()), i);
+}
+
 // out[i] = f(x[i], i) over n values; f gets packets (and scalars in the tail)
 // and the index of the first value.
 template <typename T, typename F>
-void map_run(const T* x, T* out, Index n, F f) {
-  constexpr Index N = packet_size<T>;
-  Index i = 0;
-  for (; i + N <= n; i += N) store(out + i, f(load(x + i), i));
-  for (; i < n; ++i) out[i] = f(x[i], i);
+void map_run(const T* x, T* out, Index n, F f, bool stream = false) {
+  map_run_with(out, n, stream,
+               [x](Index i, auto as) { return load_as<decltype(as)>(x + i); }, f);
 }
 
 // out[i] = f(x[i], y[i], i) over n values (packets, then scalars).
 template <typename T, typename F>
-void map2_run(const T* x, const T* y, T* out, Index n, F f) {
-  constexpr Index N = packet_size<T>;
-  Index i = 0;
-  for (; i + N <= n; i += N) store(out + i, f(load(x + i), load(y + i), i));
-  for (; i < n; ++i) out[i] = f(x[i], y[i], i);
+void map2_run(const T* x, const T* y, T* out, Index n, F f, bool stream = false) {
+  map_run_with(out, n, stream,
+               [x, y](Index i, auto as) {
+                 using V = decltype(as);
+                 return std::pair<V, V>(load_as<V>(x + i), load_as<V>(y + i));
+               },
+               [&f](const auto& xy, Index i) { return f(xy.first, xy.second, i); });
 }
 
 }  // namespace normlayers::detail::kernels
