@@ -38,7 +38,6 @@ struct View {
   Index num_stats() const { return P * R * T; }
   Index reduced_size() const { return Q * S; }
   Index size() const { return P * Q * R * S * T; }
-  bool is_rows() const { return Q == 1 && R == 1 && T == 1; }
   // Whether outputs of this size are written with streaming stores.
   bool streams_output() const { return size() > kernels::streaming_store_values; }
 

@@ -34,44 +34,19 @@ void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lane
     if (lanes == 1) {
       const T mu = Centered ? mean[0] : T(0), r = rstd[0];
       // Reduce, fused with the parameter gradients of this row.
-      auto step = [&](auto xv, auto dv, Index s, auto& acc_a, auto& acc_b) {
-        using V = std::decay_t<decltype(xv)>;
-        const V xc = psub(xv, splat<V>(mu));
-        const V g = G ? pmul(dv, load_as<V>(gamma + s)) : dv;
-        acc_a = padd(acc_a, g);
-        acc_b = pmadd(g, xc, acc_b);
-        if (dgamma) {
-          const V dg = pmadd(pmul(dv, xc), splat<V>(r), load_as<V>(dgamma + s));
-          if constexpr (std::is_same_v<V, T>) {
-            dgamma[s] = dg;
-          } else {
-            store(dgamma + s, dg);
-          }
-        }
-        if (dbeta) {
-          const V db = padd(dv, load_as<V>(dbeta + s));
-          if constexpr (std::is_same_v<V, T>) {
-            dbeta[s] = db;
-          } else {
-            store(dbeta + s, db);
-          }
-        }
-      };
       T sum_a = 0, sum_b = 0;
-      for (Index blk = 0; blk < S; blk += run_block) {
-        const Index e = std::min(S, blk + run_block);
-        Pk pa0 = splat<Pk>(T(0)), pb0 = pa0, pa1 = pa0, pb1 = pa0;
-        Index s = blk;
-        for (; s + 2 * N <= e; s += 2 * N) {
-          step(load(x + s), load(dy + s), s, pa0, pb0);
-          step(load(x + s + N), load(dy + s + N), s + N, pa1, pb1);
-        }
-        for (; s + N <= e; s += N) step(load(x + s), load(dy + s), s, pa0, pb0);
-        T ta = 0, tb = 0;
-        for (; s < e; ++s) step(x[s], dy[s], s, ta, tb);
-        sum_a += predux(padd(pa0, pa1)) + ta;
-        sum_b += predux(padd(pb0, pb1)) + tb;
-      }
+      sum2_run(
+          x, dy, S,
+          [&](auto xv, auto dv, auto& acc_a, auto& acc_b, Index s) {
+            using V = std::decay_t<decltype(xv)>;
+            const V xc = psub(xv, splat<V>(mu));
+            const V g = G ? pmul(dv, load_as<V>(gamma + s)) : dv;
+            acc_a = padd(acc_a, g);
+            acc_b = pmadd(g, xc, acc_b);
+            if (dgamma) store_as(dgamma + s, pmadd(pmul(dv, xc), splat<V>(r), load_as<V>(dgamma + s)));
+            if (dbeta) store_as(dbeta + s, padd(dv, load_as<V>(dbeta + s)));
+          },
+          sum_a, sum_b);
       // dx = (g - A/M) * r + xc * k1: g - A/M first, so the terms that cancel
       // (exactly, for M = 1) do so before the scaling by r.
       const T inv_m = T(1) / static_cast<T>(S);
@@ -97,13 +72,8 @@ void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lane
         using V = std::decay_t<decltype(xv)>;
         const V xc = Centered ? psub(xv, load_as<V>(mean + t)) : xv;
         const V g = pmul(splat<V>(gs), dv);
-        const V pa = padd(load_as<V>(c1 + t), g);
-        const V pb = pmadd(g, xc, load_as<V>(c2 + t));
-        if constexpr (std::is_same_v<V, T>) {
-          c1[t] = pa, c2[t] = pb;
-        } else {
-          store(c1 + t, pa), store(c2 + t, pb);
-        }
+        store_as(c1 + t, padd(load_as<V>(c1 + t), g));
+        store_as(c2 + t, pmadd(g, xc, load_as<V>(c2 + t)));
         acc_g = pmadd(pmul(dv, xc), load_as<V>(rstd + t), acc_g);
         acc_b = padd(acc_b, dv);
       };
@@ -155,7 +125,7 @@ void backward_reduce_block(const T* x, const T* dy, const Block& b, const T* mea
       T ra = 0, rb = 0;
       const Index o = q * b.q_stride;
       sum2_run(x + o, dy + o, b.S,
-               [m](auto xv, auto dv, auto& acc_a, auto& acc_b) {
+               [m](auto xv, auto dv, auto& acc_a, auto& acc_b, Index) {
                  using V = std::decay_t<decltype(xv)>;
                  acc_a = padd(acc_a, dv);
                  acc_b = pmadd(dv, psub(xv, splat<V>(m)), acc_b);

@@ -26,12 +26,6 @@ struct Block {
   Index row(Index q, Index s) const { return q * q_stride + s * row_stride; }
 };
 
-// Two sums carried together (e.g. sum(dy) and sum(dy * (x - mean))).
-template <typename Acc>
-struct Sum2 {
-  Acc a = 0, b = 0;
-};
-
 inline constexpr Index row_block = 128;  // rows per partial sum, lane sums
 
 // Calls f(row_offset) for every row of the block in memory order, and

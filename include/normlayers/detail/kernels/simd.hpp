@@ -43,6 +43,15 @@ inline V load_as(const T* p) {
     return Eigen::internal::ploadu<V>(p);
   }
 }
+// Stores v (a packet or a scalar) at p.
+template <typename T, typename V>
+inline void store_as(T* p, const V& v) {
+  if constexpr (std::is_same_v<V, T>) {
+    *p = v;
+  } else {
+    Eigen::internal::pstoreu(p, v);
+  }
+}
 template <typename T>
 inline packet_t<T> load(const T* p) {
   return Eigen::internal::ploadu<packet_t<T>>(p);
@@ -80,8 +89,8 @@ T sum_run(const T* x, Index n, F f) {
   return total;
 }
 
-// Two sums over two arrays: {sum f(x, y).first, ...} where f(x, y, a, b)
-// adds into a and b (packets or scalars).
+// Two sums over two arrays: f(x, y, a, b, i) adds the terms of the values at
+// i (packets or scalars) into the accumulators a and b.
 template <typename T, typename F>
 void sum2_run(const T* x, const T* y, Index n, F f, T& out_a, T& out_b) {
   using P = packet_t<T>;
@@ -92,12 +101,12 @@ void sum2_run(const T* x, const T* y, Index n, F f, T& out_a, T& out_b) {
     P a0 = splat<P>(T(0)), a1 = a0, b0 = a0, b1 = a0;
     Index i = blk;
     for (; i + 2 * N <= e; i += 2 * N) {
-      f(load(x + i), load(y + i), a0, b0);
-      f(load(x + i + N), load(y + i + N), a1, b1);
+      f(load(x + i), load(y + i), a0, b0, i);
+      f(load(x + i + N), load(y + i + N), a1, b1, i + N);
     }
-    for (; i + N <= e; i += N) f(load(x + i), load(y + i), a0, b0);
+    for (; i + N <= e; i += N) f(load(x + i), load(y + i), a0, b0, i);
     T sa = 0, sb = 0;
-    for (; i < e; ++i) f(x[i], y[i], sa, sb);
+    for (; i < e; ++i) f(x[i], y[i], sa, sb, i);
     ta += predux(padd(a0, a1)) + sa;
     tb += predux(padd(b0, b1)) + sb;
   }
