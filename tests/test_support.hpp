@@ -81,7 +81,7 @@ void for_each_logical(const T& t, F f) {
   for (Index flat = 0; flat < n; ++flat) {
     f(flat, idx);
     for (int k = rank - 1; k >= 0; --k) {
-      if (++idx[std::size_t(k)] < t.dimension(k)) break;
+      if (++idx[std::size_t(k)] < t.dimensions()[std::size_t(k)]) break;
       idx[std::size_t(k)] = 0;
     }
   }

@@ -28,9 +28,9 @@ using scalar_of = typename tensor_traits<T>::scalar;
 
 template <typename T>
 std::vector<Eigen::Index> dims_of(const T& t) {
-  constexpr int rank = tensor_traits<T>::rank;
-  std::vector<Eigen::Index> d(static_cast<std::size_t>(rank));
-  for (int i = 0; i < rank; ++i) d[static_cast<std::size_t>(i)] = t.dimension(i);
+  constexpr auto rank = static_cast<std::size_t>(tensor_traits<T>::rank);
+  std::vector<Eigen::Index> d(rank);
+  for (std::size_t i = 0; i < rank; ++i) d[i] = t.dimensions()[i];
   return d;
 }
 
