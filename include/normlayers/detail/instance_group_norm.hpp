@@ -155,6 +155,78 @@ GroupGeometry group_geometry(const char* layer, const X& x, Index num_groups, In
   return g;
 }
 
+// Channels-first row-major GroupNorm: the D channels of a group are D
+// consecutive rows of the per-(n, c) view, D*HW contiguous values that stay in
+// cache, so each group is reduced and normalized (or backpropagated) in one
+// visit, groups spread over threads.
+inline bool groups_are_contiguous(const GroupGeometry& g) {
+  const View& v = g.inst.view;
+  return g.inst.row_major && g.inst.axis == 1 && v.Q == 1 && v.R == 1 && v.T == 1;
+}
+
+template <typename T, typename P, typename Acc>
+void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const T* x, T* y,
+                              const P* gamma, const P* beta, Acc eps, Acc* mean, Acc* rstd) {
+  const Index hw = g.inst.count, D = g.group_size;
+  const kernels::Block run{1, hw, 1, 0, 1, g.inst.view.streams_output()};
+  par.for_ranges(g.num_group_stats(), double(D * hw) * 8.0, [&](Index first, Index last) {
+    for (Index gs = first; gs < last; ++gs) {  // gs = n*G + grp, rows gs*D .. gs*D + D - 1
+      Acc gm = 0, gm2 = 0, count = 0;
+      for (Index d = 0; d < D; ++d) {
+        Acc m = 0, m2 = 0, scratch = 0;
+        kernels::block_moments<true>(x + (gs * D + d) * hw, run, &m, &m2, &scratch);
+        kernels::merge_moments(count, gm, gm2, static_cast<Acc>(hw), m, m2);
+        count += static_cast<Acc>(hw);
+      }
+      const Acc r = Acc(1) / std::sqrt(gm2 / static_cast<Acc>(g.count) + eps);
+      mean[gs] = gm;
+      rstd[gs] = r;
+      for (Index d = 0; d < D; ++d) {
+        const Index c = (gs % g.groups) * D + d;
+        const Acc scale = r * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1));
+        const Acc shift = beta ? static_cast<Acc>(beta[c]) : Acc(0);
+        const Index o = (gs * D + d) * hw;
+        kernels::normalize_block_per_stat(x + o, y + o, run, &gm, &scale, &shift);
+      }
+    }
+    if (run.stream) kernels::streaming_fence();
+  });
+}
+
+// Backward of group_norm_forward_fused, one group per visit; the per-(n, c)
+// parameter-gradient terms go to a[], b[] (summed over samples afterwards).
+template <typename T, typename P, typename Acc>
+void group_norm_backward_fused(const GroupGeometry& g, const Parallel& par, const T* x,
+                               const T* dy, T* dx, const P* gamma, const Acc* mean,
+                               const Acc* rstd, Acc* a, Acc* b) {
+  const Index hw = g.inst.count, D = g.group_size;
+  const kernels::Block run{1, hw, 1, 0, 1, g.inst.view.streams_output()};
+  const Acc inv_m = Acc(1) / static_cast<Acc>(g.count);
+  par.for_ranges(g.num_group_stats(), double(D * hw) * 12.0, [&](Index first, Index last) {
+    Acc scratch[2];
+    for (Index gs = first; gs < last; ++gs) {
+      const Acc gm = mean[gs], r = rstd[gs];
+      Acc A = 0, B = 0;
+      for (Index d = 0; d < D; ++d) {
+        const Index s = gs * D + d, c = (gs % g.groups) * D + d;
+        kernels::backward_reduce_block(x + s * hw, dy + s * hw, run, &gm, a + s, b + s, scratch);
+        const Acc gc = gamma ? static_cast<Acc>(gamma[c]) : Acc(1);
+        A += gc * a[s];
+        B += gc * b[s];
+        b[s] *= r;
+      }
+      const Acc v = -A * inv_m, z = -r * r * r * B * inv_m;
+      for (Index d = 0; d < D; ++d) {
+        const Index s = gs * D + d, c = (gs % g.groups) * D + d;
+        const Acc u = gamma ? static_cast<Acc>(gamma[c]) : Acc(1);
+        kernels::backward_apply_block(x + s * hw, dy + s * hw, dx + s * hw, run, &gm, &u, &v, &r,
+                                      &z);
+      }
+    }
+    if (run.stream) kernels::streaming_fence();
+  });
+}
+
 // GroupNorm forward: moments per (n, c) on the per-(n, c) view (the fast
 // kernels for either layout), merged exactly per (n, g) over the group's
 // channels in channel order (Chan's formula); then y = (x - mean_g) *
@@ -162,6 +234,10 @@ GroupGeometry group_geometry(const char* layer, const X& x, Index num_groups, In
 template <typename T, typename P, typename Acc>
 void group_norm_forward_run(const GroupGeometry& g, const Parallel& par, const T* x, T* y,
                             const P* gamma, const P* beta, Acc eps, Acc* mean, Acc* rstd) {
+  if (groups_are_contiguous(g)) {
+    group_norm_forward_fused(g, par, x, y, gamma, beta, eps, mean, rstd);
+    return;
+  }
   const auto n = static_cast<std::size_t>(g.inst.num_stats());
   std::vector<Acc> m(n), var(n);
   stat_moments(g.inst.view, par, x, m.data(), var.data());
@@ -199,9 +275,15 @@ void group_norm_backward_run(const GroupGeometry& g, const Parallel& par, const 
                              const P* gamma, const Acc* mean, const Acc* rstd, P* dgamma,
                              P* dbeta) {
   const auto n = static_cast<std::size_t>(g.inst.num_stats());
+  std::vector<Acc> a(n), b(n);  // per (n, c): sum dy, sum dy * (x - mean)
+  if (groups_are_contiguous(g)) {
+    group_norm_backward_fused(g, par, x, dy, dx, gamma, mean, rstd, a.data(), b.data());
+    if (dgamma) add_per_channel(g.inst, b, dgamma);
+    if (dbeta) add_per_channel(g.inst, a, dbeta);
+    return;
+  }
   std::vector<Acc> m(n);
   for (std::size_t s = 0; s < n; ++s) m[s] = mean[g.group_stat_of(Index(s))];
-  std::vector<Acc> a(n), b(n);  // per (n, c): sum dy, sum dy * (x - mean)
   stat_backward_reduce(g.inst.view, par, x, dy, m.data(), a.data(), b.data());
   const auto groups = static_cast<std::size_t>(g.num_group_stats());
   std::vector<Acc> group_a(groups, Acc(0)), group_b(groups, Acc(0));

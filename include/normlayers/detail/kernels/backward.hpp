@@ -37,7 +37,7 @@ void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lane
       T sum_a = 0, sum_b = 0;
       sum2_run(
           x, dy, S,
-          [&](auto xv, auto dv, auto& acc_a, auto& acc_b, Index s) {
+          [=](auto xv, auto dv, auto& acc_a, auto& acc_b, Index s) {
             using V = std::decay_t<decltype(xv)>;
             const V xc = psub(xv, splat<V>(mu));
             const V g = G ? pmul(dv, load_as<V>(gamma + s)) : dv;
@@ -51,7 +51,7 @@ void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lane
       // (exactly, for M = 1) do so before the scaling by r.
       const T inv_m = T(1) / static_cast<T>(S);
       const T v = Centered ? -sum_a * inv_m : T(0), k1 = -r * r * r * sum_b * inv_m;
-      map2_run(x, dy, dx, S, [&](auto xv, auto dv, Index s) {
+      map2_run(x, dy, dx, S, [=](auto xv, auto dv, Index s) {
         using V = decltype(xv);
         const V g = G ? pmul(dv, load_as<V>(gamma + s)) : dv;
         return pmadd(padd(g, splat<V>(v)), splat<V>(r), pmul(psub(xv, splat<V>(mu)), splat<V>(k1)));
@@ -97,7 +97,7 @@ void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lane
     for (Index s = 0; s < S; ++s) {
       const T gs = G ? static_cast<T>(gamma[s]) : T(1);
       const Index o = s * stride;
-      map2_run(x + o, dy + o, dx + o, lanes, [&](auto xv, auto dv, Index t) {
+      map2_run(x + o, dy + o, dx + o, lanes, [=](auto xv, auto dv, Index t) {
         using V = decltype(xv);
         const V xc = Centered ? psub(xv, load_as<V>(mean + t)) : xv;
         return pmadd(padd(pmul(splat<V>(gs), dv), load_as<V>(c1 + t)), load_as<V>(rstd + t),
@@ -156,14 +156,14 @@ void backward_apply_block(const T* x, const T* dy, T* dx, const Block& b, const 
                           const T* u, const T* v, const T* w, const T* z) {
   if (b.lanes == 1) {
     const T m = mean[0], u0 = u[0], v0 = v[0], w0 = w[0], z0 = z[0];
-    map2_block(x, dy, dx, b, [&](auto xv, auto dv, Index) {
+    map2_block(x, dy, dx, b, [=](auto xv, auto dv, Index) {  // by value: see normalize.hpp
       using V = decltype(xv);
       return pmadd(padd(pmul(dv, splat<V>(u0)), splat<V>(v0)), splat<V>(w0),
                    pmul(psub(xv, splat<V>(m)), splat<V>(z0)));
     });
     return;
   }
-  map2_block(x, dy, dx, b, [&](auto xv, auto dv, Index t) {
+  map2_block(x, dy, dx, b, [=](auto xv, auto dv, Index t) {
     using V = decltype(xv);
     return pmadd(padd(pmul(dv, load_as<V>(u + t)), load_as<V>(v + t)), load_as<V>(w + t),
                  pmul(psub(xv, load_as<V>(mean + t)), load_as<V>(z + t)));

@@ -20,7 +20,7 @@ void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, Index stri
     constexpr bool B = decltype(has_beta)::value;
     if (lanes == 1) {
       const T mu = mean[0], r = rstd[0];
-      map_run(x, y, S, [&](auto v, Index s) {
+      map_run(x, y, S, [=](auto v, Index s) {  // by value: stores to y cannot alias them
         using V = decltype(v);
         V out = pmul(psub(v, splat<V>(mu)), splat<V>(r));
         if constexpr (G) out = pmul(out, load_as<V>(gamma + s));
@@ -31,7 +31,7 @@ void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, Index stri
     }
     for (Index s = 0; s < S; ++s) {
       const T g = G ? static_cast<T>(gamma[s]) : T(1), b = B ? static_cast<T>(beta[s]) : T(0);
-      map_run(x + s * stride, y + s * stride, lanes, [&](auto v, Index t) {
+      map_run(x + s * stride, y + s * stride, lanes, [=](auto v, Index t) {
         using V = decltype(v);
         return pmadd(pmul(psub(v, load_as<V>(mean + t)), load_as<V>(rstd + t)), splat<V>(g),
                      splat<V>(b));
@@ -49,13 +49,13 @@ void normalize_block_per_stat(const T* x, T* y, const Block& b, const T* mean, c
                               const T* shift) {
   if (b.lanes == 1) {
     const T m = mean[0], sc = scale[0], sh = shift[0];
-    map_block(x, y, b, [&](auto v, Index) {
+    map_block(x, y, b, [=](auto v, Index) {  // by value: stores to y cannot alias them
       using V = decltype(v);
       return pmadd(psub(v, splat<V>(m)), splat<V>(sc), splat<V>(sh));
     });
     return;
   }
-  map_block(x, y, b, [&](auto v, Index t) {
+  map_block(x, y, b, [=](auto v, Index t) {
     using V = decltype(v);
     return pmadd(psub(v, load_as<V>(mean + t)), load_as<V>(scale + t), load_as<V>(shift + t));
   });

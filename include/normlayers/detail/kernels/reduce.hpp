@@ -103,7 +103,7 @@ void map_block(const T* x, T* out, const Block& b, F f) {
   if (L == 1) {
     for (Index q = 0; q < b.Q; ++q) {
       const Index o = q * b.q_stride;
-      map_run(x + o, out + o, b.S, [&](auto v, Index) { return f(v, Index(0)); }, b.stream);
+      map_run(x + o, out + o, b.S, [f](auto v, Index) { return f(v, Index(0)); }, b.stream);
     }
     return;
   }
@@ -122,7 +122,7 @@ void map2_block(const T* x, const T* y, T* out, const Block& b, F f) {
     for (Index q = 0; q < b.Q; ++q) {
       const Index o = q * b.q_stride;
       map2_run(
-          x + o, y + o, out + o, b.S, [&](auto xv, auto yv, Index) { return f(xv, yv, Index(0)); },
+          x + o, y + o, out + o, b.S, [f](auto xv, auto yv, Index) { return f(xv, yv, Index(0)); },
           b.stream);
     }
     return;
