@@ -67,13 +67,18 @@ void expect_same_for_any_thread_count(const std::array<Index, Rank>& dims, Make 
                                       bool expect_split = true) {
   const Vec serial = run<Layout>(dims, make, nl::Parallel());
   SplittingDevice splitter;
-  EXPECT_EQ(run<Layout>(dims, make, nl::Parallel(splitter)), serial) << "split item by item";
+  EXPECT_EQ(run<Layout>(dims, make, nl::Parallel(splitter, /*min_bytes=*/0)), serial)
+      << "split item by item";
   if (expect_split) {
     EXPECT_GT(splitter.ranges, splitter.calls) << "the work was never split";
   }
+  // Below min_bytes (the default) the work stays on the calling thread.
+  SplittingDevice unused;
+  EXPECT_EQ(run<Layout>(dims, make, nl::Parallel(unused, /*min_bytes=*/1e18)), serial);
+  EXPECT_EQ(unused.calls, 0);
   for (int threads : {1, 2, 4}) {
     Pool pool(threads);
-    const Vec parallel = run<Layout>(dims, make, nl::Parallel(pool.device));
+    const Vec parallel = run<Layout>(dims, make, nl::Parallel(pool.device, /*min_bytes=*/0));
     ASSERT_EQ(parallel.size(), serial.size());
     std::size_t differ = 0;
     for (std::size_t i = 0; i < serial.size(); ++i) differ += parallel[i] != serial[i];

@@ -29,12 +29,18 @@ class Parallel {
   // Runs everything on the calling thread.
   Parallel() = default;
 
+  // Loops touching fewer bytes than this run on the calling thread by default:
+  // handing cache-resident work to another thread costs more than it saves.
+  static constexpr double default_min_bytes = 512.0 * 1024;
+
   // Runs on the threads of `device` (anything with numThreads() and
   // parallelFor(n, Eigen::TensorOpCost, std::function<void(Index, Index)>),
   // such as Eigen::ThreadPoolDevice), which must outlive this object's use.
+  // Loops touching fewer than min_bytes stay on the calling thread.
   template <typename Device>
-  explicit Parallel(const Device& device)
+  explicit Parallel(const Device& device, double min_bytes = default_min_bytes)
       : threads_(device.numThreads()),
+        min_bytes_(min_bytes),
         run_([&device](Index n, double bytes_per_item, const Range& f) {
           device.parallelFor(n, Eigen::TensorOpCost(bytes_per_item, bytes_per_item, bytes_per_item),
                              f);
@@ -48,7 +54,7 @@ class Parallel {
   template <typename F>
   void for_ranges(Index n, double bytes_per_item, F&& f) const {
     if (n <= 0) return;
-    if (!run_ || threads_ <= 1 || n == 1) {
+    if (!run_ || threads_ <= 1 || n == 1 || double(n) * bytes_per_item < min_bytes_) {
       f(Index(0), n);
       return;
     }
@@ -57,6 +63,7 @@ class Parallel {
 
  private:
   int threads_ = 1;
+  double min_bytes_ = default_min_bytes;
   std::function<void(Index, double, const Range&)> run_;
 };
 
