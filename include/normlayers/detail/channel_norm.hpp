@@ -18,7 +18,7 @@
 #include <normlayers/detail/kernels/moments.hpp>
 #include <normlayers/detail/kernels/normalize.hpp>
 #include <normlayers/detail/tensor.hpp>
-#include <normlayers/detail/trailing_norm.hpp>
+#include <normlayers/detail/checks.hpp>
 #include <normlayers/detail/view.hpp>
 #include <normlayers/errors.hpp>
 

@@ -8,9 +8,9 @@
 // variance) or RMSNorm (mean square, no mean).
 
 #include <cmath>
-#include <numeric>
 #include <vector>
 
+#include <normlayers/detail/checks.hpp>
 #include <normlayers/detail/kernels/backward.hpp>
 #include <normlayers/detail/kernels/moments.hpp>
 #include <normlayers/detail/kernels/normalize.hpp>
@@ -21,10 +21,6 @@
 #include <normlayers/span.hpp>
 
 namespace normlayers::detail {
-
-inline Index product(const std::vector<Index>& dims) {
-  return std::accumulate(dims.begin(), dims.end(), Index(1), std::multiplies<Index>());
-}
 
 inline void check_normalized_shape(const char* layer, const std::vector<Index>& normalized_shape) {
   if (normalized_shape.empty())
@@ -60,27 +56,6 @@ TrailingGeometry trailing_geometry(const char* layer, const X& x,
   g.size = product(normalized_shape);
   g.rows = product(dims) / (g.size > 0 ? g.size : 1);
   return g;
-}
-
-template <typename A, typename B>
-void check_same_dims(const char* layer, const char* what, const A& a, const char* ref_name,
-                     const B& ref) {
-  static_assert(tensor_traits<A>::rank == tensor_traits<B>::rank, "tensors must have one rank");
-  static_assert(tensor_traits<A>::layout == tensor_traits<B>::layout,
-                "tensors must have one storage order");
-  static_assert(std::is_same_v<scalar_of<A>, scalar_of<B>>, "tensors must have one scalar type");
-  const auto da = dims_of(a), db = dims_of(ref);
-  if (da != db)
-    throw_invalid(layer, what, " has dims ", dims_text{da}, ", expected ", dims_text{db}, " (",
-                  ref_name, ")");
-}
-
-template <typename T>
-void check_size(const char* layer, const char* what, span<T> s, Index expected,
-                const char* meaning) {
-  if (s && s.size() != expected)
-    throw_invalid(layer, what, " has ", s.size(), " elements, expected ", expected, " (", meaning,
-                  ")");
 }
 
 // PyTorch orders per-element parameters row-major over normalized_shape. A
