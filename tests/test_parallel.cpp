@@ -147,6 +147,16 @@ TEST(Parallel, GroupNormAndInstanceNorm) {
       });
     }
   });
+  // Wide channels-last GroupNorm: packet strips and several row chunks per sample.
+  for_both_layouts([](auto layout) {
+    expect_same_for_any_thread_count<decltype(layout)::value>(std::array<Index, 4>{2, 32, 32, 120}, [] {
+      nl::GroupNormOptions o;
+      o.channels_last = true;
+      nl::GroupNorm<double> gn(12, 120, o);
+      test::set_random_params(gn, 6);
+      return gn;
+    });
+  });
 }
 
 }  // namespace

@@ -93,10 +93,9 @@ void channel_norm_forward_chunked(const View& v, const Parallel& par, const T* x
   if (batch_stats) {
     std::vector<Acc> means(lanes * std::size_t(chunks)), m2s(means.size());
     par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
-      std::vector<Acc> scratch(lanes);
       for (Index c = first; c < last; ++c)
         kernels::block_moments<true>(x + chunk_offset(v, c), chunk_block(v, c),
-                                     means.data() + c * L, m2s.data() + c * L, scratch.data());
+                                     means.data() + c * L, m2s.data() + c * L);
     });
     for (Index t = 0; t < L; ++t) {
       Acc m = means[std::size_t(t)], m2 = m2s[std::size_t(t)];
@@ -145,14 +144,13 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
     return;
   }
   struct State {
-    std::vector<Acc> mean, var, scale, shift, scratch;
+    std::vector<Acc> mean, var, scale, shift;
   };
   auto make = [lanes] { return State{std::vector<Acc>(lanes), std::vector<Acc>(lanes),
-                                     std::vector<Acc>(lanes), std::vector<Acc>(lanes),
-                                     std::vector<Acc>(lanes)}; };
+                                     std::vector<Acc>(lanes), std::vector<Acc>(lanes)}; };
   for_each_stat_block(v, par, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {
     if (batch_stats) {
-      kernels::block_moments<true>(x + offset, b, st.mean.data(), st.var.data(), st.scratch.data());
+      kernels::block_moments<true>(x + offset, b, st.mean.data(), st.var.data());
       for (Index t = 0; t < b.lanes; ++t) st.var[std::size_t(t)] /= static_cast<Acc>(b.reduced());
     } else {
       for (std::size_t t = 0; t < std::size_t(b.lanes); ++t) {
@@ -174,19 +172,15 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
   });
 }
 
-// Scratch of n values per range of blocks.
-template <typename Acc>
-auto scratch_of(Index n) {
-  return [n] { return std::vector<Acc>(static_cast<std::size_t>(n)); };
-}
+// The state of blocks that need none.
+inline int no_state() { return 0; }
 
 // Per statistic mean and biased variance (GroupNorm's statistics step).
 template <typename T, typename Acc>
 void stat_moments(const View& v, const Parallel& par, const T* x, Acc* mean, Acc* var) {
-  for_each_stat_block(v, par, scratch_of<Acc>(v.T),
-                      [&](std::vector<Acc>& scratch, Index offset, Index stat, const kernels::Block& b) {
-                        kernels::block_moments<true>(x + offset, b, mean + stat, var + stat,
-                                                     scratch.data());
+  for_each_stat_block(v, par, no_state,
+                      [&](int, Index offset, Index stat, const kernels::Block& b) {
+                        kernels::block_moments<true>(x + offset, b, mean + stat, var + stat);
                         for (Index t = 0; t < b.lanes; ++t) var[stat + t] /= static_cast<Acc>(b.reduced());
                       });
 }
@@ -195,8 +189,8 @@ void stat_moments(const View& v, const Parallel& par, const T* x, Acc* mean, Acc
 template <typename T, typename Acc>
 void stat_apply(const View& v, const Parallel& par, const T* x, T* y, const Acc* mean,
                 const Acc* scale, const Acc* shift) {
-  for_each_stat_block(v, par, scratch_of<Acc>(0),
-                      [&](std::vector<Acc>&, Index offset, Index stat, const kernels::Block& b) {
+  for_each_stat_block(v, par, no_state,
+                      [&](int, Index offset, Index stat, const kernels::Block& b) {
                         kernels::normalize_block_per_stat(x + offset, y + offset, b, mean + stat,
                                                           scale + stat, shift + stat);
                       });
@@ -206,11 +200,10 @@ void stat_apply(const View& v, const Parallel& par, const T* x, T* y, const Acc*
 template <typename T, typename Acc>
 void stat_backward_reduce(const View& v, const Parallel& par, const T* x, const T* dy,
                           const Acc* mean, Acc* sum_dy, Acc* sum_dyxc) {
-  for_each_stat_block(v, par, scratch_of<Acc>(2 * v.T),
-                      [&](std::vector<Acc>& scratch, Index offset, Index stat, const kernels::Block& b) {
+  for_each_stat_block(v, par, no_state,
+                      [&](int, Index offset, Index stat, const kernels::Block& b) {
                         kernels::backward_reduce_block(x + offset, dy + offset, b, mean + stat,
-                                                       sum_dy + stat, sum_dyxc + stat,
-                                                       scratch.data());
+                                                       sum_dy + stat, sum_dyxc + stat);
                       });
 }
 
@@ -219,8 +212,8 @@ template <typename T, typename Acc>
 void stat_backward_apply(const View& v, const Parallel& par, const T* x, const T* dy, T* dx,
                          const Acc* mean, const Acc* u, const Acc* shift, const Acc* w,
                          const Acc* z) {
-  for_each_stat_block(v, par, scratch_of<Acc>(0),
-                      [&](std::vector<Acc>&, Index offset, Index stat, const kernels::Block& b) {
+  for_each_stat_block(v, par, no_state,
+                      [&](int, Index offset, Index stat, const kernels::Block& b) {
                         kernels::backward_apply_block(x + offset, dy + offset, dx + offset, b,
                                                       mean + stat, u + stat, shift + stat,
                                                       w + stat, z + stat);
@@ -237,11 +230,9 @@ void channel_norm_backward_chunked(const View& v, const Parallel& par, const T* 
   const double chunk_bytes = double(row_chunk * L) * 12.0;
   std::vector<Acc> a(lanes * std::size_t(chunks)), b(a.size());
   par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
-    std::vector<Acc> scratch(2 * lanes);
     for (Index c = first; c < last; ++c)
       kernels::backward_reduce_block(x + chunk_offset(v, c), dy + chunk_offset(v, c),
-                                     chunk_block(v, c), mean, a.data() + c * L, b.data() + c * L,
-                                     scratch.data());
+                                     chunk_block(v, c), mean, a.data() + c * L, b.data() + c * L);
   });
   const std::vector<Acc> u(lanes, Acc(1));
   std::vector<Acc> shift(lanes, Acc(0)), w(lanes), z(lanes, Acc(0));
@@ -284,18 +275,17 @@ void channel_norm_backward(const View& v, const Parallel& par, const T* x, const
   }
   const auto lanes = static_cast<std::size_t>(v.T);
   struct State {
-    std::vector<Acc> sum_dy, sum_dyxc, scratch, u, shift, w, z;
+    std::vector<Acc> sum_dy, sum_dyxc, u, shift, w, z;
   };
   auto make = [lanes] {
-    return State{std::vector<Acc>(lanes), std::vector<Acc>(lanes), std::vector<Acc>(2 * lanes),
-                 std::vector<Acc>(lanes, Acc(1)), std::vector<Acc>(lanes, Acc(0)),
+    return State{std::vector<Acc>(lanes), std::vector<Acc>(lanes), std::vector<Acc>(lanes, Acc(1)), std::vector<Acc>(lanes, Acc(0)),
                  std::vector<Acc>(lanes), std::vector<Acc>(lanes, Acc(0))};
   };
   const bool need_sums = batch_stats || dgamma || dbeta;
   for_each_stat_block(v, par, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {
     if (need_sums)
       kernels::backward_reduce_block(x + offset, dy + offset, b, mean + stat, st.sum_dy.data(),
-                                     st.sum_dyxc.data(), st.scratch.data());
+                                     st.sum_dyxc.data());
     const Acc inv_m = Acc(1) / static_cast<Acc>(b.reduced());
     for (std::size_t t = 0; t < std::size_t(b.lanes); ++t) {
       const Index c = stat + Index(t);

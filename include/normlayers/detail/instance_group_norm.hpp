@@ -155,6 +155,18 @@ GroupGeometry group_geometry(const char* layer, const X& x, Index num_groups, In
   return g;
 }
 
+// The moments of one group from those of its D channels (count values each,
+// channel d's mean and M2 at m[d * stride], m2[d * stride]), merged in
+// channel order with Chan's formula: exact, whatever the layout.
+template <typename Acc>
+void merge_group_moments(Index D, Acc count, const Acc* m, const Acc* m2, Index stride, Acc& mean,
+                         Acc& M2) {
+  Acc total = 0;
+  mean = M2 = 0;
+  for (Index d = 0; d < D; ++d, total += count)
+    kernels::merge_moments(total, mean, M2, count, m[d * stride], m2[d * stride]);
+}
+
 // Channels-first row-major GroupNorm: the D channels of a group are D
 // consecutive rows of the per-(n, c) view, D*HW contiguous values that stay in
 // cache, so each group is reduced and normalized (or backpropagated) in one
@@ -170,14 +182,13 @@ void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const
   const Index hw = g.inst.count, D = g.group_size;
   const kernels::Block run{1, hw, 1, 0, 1, g.inst.view.streams_output()};
   par.for_ranges(g.num_group_stats(), double(D * hw) * 8.0, [&](Index first, Index last) {
+    std::vector<Acc> m(static_cast<std::size_t>(D)), m2(m.size());
     for (Index gs = first; gs < last; ++gs) {  // gs = n*G + grp, rows gs*D .. gs*D + D - 1
-      Acc gm = 0, gm2 = 0, count = 0;
-      for (Index d = 0; d < D; ++d) {
-        Acc m = 0, m2 = 0, scratch = 0;
-        kernels::block_moments<true>(x + (gs * D + d) * hw, run, &m, &m2, &scratch);
-        kernels::merge_moments(count, gm, gm2, static_cast<Acc>(hw), m, m2);
-        count += static_cast<Acc>(hw);
-      }
+      for (Index d = 0; d < D; ++d)
+        kernels::block_moments<true>(x + (gs * D + d) * hw, run, &m[std::size_t(d)],
+                                     &m2[std::size_t(d)]);
+      Acc gm = 0, gm2 = 0;
+      merge_group_moments(D, static_cast<Acc>(hw), m.data(), m2.data(), 1, gm, gm2);
       const Acc r = Acc(1) / std::sqrt(gm2 / static_cast<Acc>(g.count) + eps);
       mean[gs] = gm;
       rstd[gs] = r;
@@ -203,13 +214,12 @@ void group_norm_backward_fused(const GroupGeometry& g, const Parallel& par, cons
   const kernels::Block run{1, hw, 1, 0, 1, g.inst.view.streams_output()};
   const Acc inv_m = Acc(1) / static_cast<Acc>(g.count);
   par.for_ranges(g.num_group_stats(), double(D * hw) * 12.0, [&](Index first, Index last) {
-    Acc scratch[2];
     for (Index gs = first; gs < last; ++gs) {
       const Acc gm = mean[gs], r = rstd[gs];
       Acc A = 0, B = 0;
       for (Index d = 0; d < D; ++d) {
         const Index s = gs * D + d, c = (gs % g.groups) * D + d;
-        kernels::backward_reduce_block(x + s * hw, dy + s * hw, run, &gm, a + s, b + s, scratch);
+        kernels::backward_reduce_block(x + s * hw, dy + s * hw, run, &gm, a + s, b + s);
         const Acc gc = gamma ? static_cast<Acc>(gamma[c]) : Acc(1);
         A += gc * a[s];
         B += gc * b[s];
@@ -239,19 +249,18 @@ void group_norm_forward_run(const GroupGeometry& g, const Parallel& par, const T
     return;
   }
   const auto n = static_cast<std::size_t>(g.inst.num_stats());
-  std::vector<Acc> m(n), var(n);
-  stat_moments(g.inst.view, par, x, m.data(), var.data());
+  std::vector<Acc> m(n), m2(n);
+  stat_moments(g.inst.view, par, x, m.data(), m2.data());
   const Acc count = static_cast<Acc>(g.inst.count);
+  for (std::size_t s = 0; s < n; ++s) m2[s] *= count;  // variance -> M2
   for (Index ns = 0; ns < g.inst.batch; ++ns)
     for (Index grp = 0; grp < g.groups; ++grp) {
-      Acc gm = 0, gm2 = 0, gcount = 0;
-      for (Index d = 0; d < g.group_size; ++d) {
-        const Index c = grp * g.group_size + d;
-        const auto s = static_cast<std::size_t>(g.inst.row_major ? ns * g.inst.channels + c
-                                                                 : c * g.inst.batch + ns);
-        kernels::merge_moments(gcount, gm, gm2, count, m[s], var[s] * count);
-        gcount += count;
-      }
+      // The group's first (n, c) statistic and the distance between its channels.
+      const Index c0 = grp * g.group_size;
+      const Index s0 = g.inst.row_major ? ns * g.inst.channels + c0 : c0 * g.inst.batch + ns;
+      const Index stride = g.inst.row_major ? 1 : g.inst.batch;
+      Acc gm = 0, gm2 = 0;
+      merge_group_moments(g.group_size, count, m.data() + s0, m2.data() + s0, stride, gm, gm2);
       const Index gs = g.inst.row_major ? ns * g.groups + grp : grp * g.inst.batch + ns;
       mean[gs] = gm;
       rstd[gs] = Acc(1) / std::sqrt(gm2 / static_cast<Acc>(g.count) + eps);

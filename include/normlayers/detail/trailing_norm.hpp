@@ -100,14 +100,11 @@ void trailing_norm_forward(const TrailingGeometry& g, const Parallel& par,
   const Acc m = static_cast<Acc>(v.S);
   const auto lanes = static_cast<std::size_t>(v.T);
   struct State {
-    std::vector<Acc> mean, rstd, scratch;
+    std::vector<Acc> mean, rstd;
   };
-  auto make = [lanes] {
-    return State{std::vector<Acc>(lanes), std::vector<Acc>(lanes), std::vector<Acc>(lanes)};
-  };
+  auto make = [lanes] { return State{std::vector<Acc>(lanes), std::vector<Acc>(lanes)}; };
   for_each_stat_block(v, par, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {
-    kernels::block_moments<Centered>(x + offset, b, st.mean.data(), st.rstd.data(),
-                                     st.scratch.data());
+    kernels::block_moments<Centered>(x + offset, b, st.mean.data(), st.rstd.data());
     const auto lanes_here = static_cast<std::ptrdiff_t>(b.lanes);
     for (Index t = 0; t < b.lanes; ++t)  // M2 -> rstd
       st.rstd[std::size_t(t)] = Acc(1) / std::sqrt(st.rstd[std::size_t(t)] / m + eps);

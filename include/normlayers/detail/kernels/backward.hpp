@@ -114,10 +114,9 @@ namespace normlayers::detail::kernels {
 // Norms whose affine map is constant over each statistic (BatchNorm,
 // InstanceNorm, GroupNorm), over one block.
 // Reduce: sum_dy[t] = sum dy, sum_dyxc[t] = sum dy * (x - mean[t]).
-// `scratch` holds 2 * b.lanes values.
 template <typename T>
 void backward_reduce_block(const T* x, const T* dy, const Block& b, const T* mean, T* sum_dy,
-                           T* sum_dyxc, T* scratch) {
+                           T* sum_dyxc) {
   if (b.lanes == 1) {
     const T m = mean[0];
     T sa = 0, sb = 0;
@@ -140,12 +139,15 @@ void backward_reduce_block(const T* x, const T* dy, const Block& b, const T* mea
   }
   sum2_lanes(
       x, dy, b,
-      [mean](auto xv, auto dv, auto& acc_a, auto& acc_b, Index t) {
-        using V = std::decay_t<decltype(xv)>;
-        acc_a = padd(acc_a, dv);
-        acc_b = pmadd(dv, psub(xv, load_as<V>(mean + t)), acc_b);
+      [mean](Index t, auto as) {
+        using V = decltype(as);
+        const V mt = load_as<V>(mean + t);
+        return [mt](V xv, V dv, V& acc_a, V& acc_b) {
+          acc_a = padd(acc_a, dv);
+          acc_b = pmadd(dv, psub(xv, mt), acc_b);
+        };
       },
-      sum_dy, sum_dyxc, scratch);
+      sum_dy, sum_dyxc);
 }
 
 // Apply: dx = (dy * u[t] + v[t]) * w[t] + (x - mean[t]) * z[t], with dy * u
@@ -154,20 +156,22 @@ void backward_reduce_block(const T* x, const T* dy, const Block& b, const T* mea
 template <typename T>
 void backward_apply_block(const T* x, const T* dy, T* dx, const Block& b, const T* mean,
                           const T* u, const T* v, const T* w, const T* z) {
-  if (b.lanes == 1) {
-    const T m = mean[0], u0 = u[0], v0 = v[0], w0 = w[0], z0 = z[0];
-    map2_block(x, dy, dx, b, [=](auto xv, auto dv, Index) {  // by value: see normalize.hpp
-      using V = decltype(xv);
-      return pmadd(padd(pmul(dv, splat<V>(u0)), splat<V>(v0)), splat<V>(w0),
-                   pmul(psub(xv, splat<V>(m)), splat<V>(z0)));
-    });
-    return;
-  }
-  map2_block(x, dy, dx, b, [=](auto xv, auto dv, Index t) {
-    using V = decltype(xv);
-    return pmadd(padd(pmul(dv, load_as<V>(u + t)), load_as<V>(v + t)), load_as<V>(w + t),
-                 pmul(psub(xv, load_as<V>(mean + t)), load_as<V>(z + t)));
-  });
+  const T m = mean[0], u0 = u[0], v0 = v[0], w0 = w[0], z0 = z[0];  // by value: see normalize.hpp
+  map2_block(
+      x, dy, dx, b,
+      [=](auto xv, auto dv) {
+        using V = decltype(xv);
+        return pmadd(padd(pmul(dv, splat<V>(u0)), splat<V>(v0)), splat<V>(w0),
+                     pmul(psub(xv, splat<V>(m)), splat<V>(z0)));
+      },
+      [=](Index t, auto as) {
+        using V = decltype(as);
+        const V mt = load_as<V>(mean + t), ut = load_as<V>(u + t), vt = load_as<V>(v + t),
+                wt = load_as<V>(w + t), zt = load_as<V>(z + t);
+        return [=](V xv, V dv) {
+          return pmadd(padd(pmul(dv, ut), vt), wt, pmul(psub(xv, mt), zt));
+        };
+      });
 }
 
 }  // namespace normlayers::detail::kernels

@@ -47,18 +47,19 @@ void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, Index stri
 template <typename T>
 void normalize_block_per_stat(const T* x, T* y, const Block& b, const T* mean, const T* scale,
                               const T* shift) {
-  if (b.lanes == 1) {
-    const T m = mean[0], sc = scale[0], sh = shift[0];
-    map_block(x, y, b, [=](auto v, Index) {  // by value: stores to y cannot alias them
-      using V = decltype(v);
-      return pmadd(psub(v, splat<V>(m)), splat<V>(sc), splat<V>(sh));
-    });
-    return;
-  }
-  map_block(x, y, b, [=](auto v, Index t) {
-    using V = decltype(v);
-    return pmadd(psub(v, load_as<V>(mean + t)), load_as<V>(scale + t), load_as<V>(shift + t));
-  });
+  // Constants by value: stores to y cannot alias them.
+  const T m = mean[0], sc = scale[0], sh = shift[0];
+  map_block(
+      x, y, b,
+      [=](auto v) {
+        using V = decltype(v);
+        return pmadd(psub(v, splat<V>(m)), splat<V>(sc), splat<V>(sh));
+      },
+      [=](Index t, auto as) {
+        using V = decltype(as);
+        const V mt = load_as<V>(mean + t), st = load_as<V>(scale + t), ht = load_as<V>(shift + t);
+        return [=](V v) { return pmadd(psub(v, mt), st, ht); };
+      });
 }
 
 }  // namespace normlayers::detail::kernels

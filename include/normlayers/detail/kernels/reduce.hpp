@@ -12,6 +12,11 @@
 // grows with the block length plus the number of blocks, not with n.
 
 #include <algorithm>
+#include <array>
+#include <cstdint>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 
 #include <normlayers/detail/kernels/simd.hpp>
 
@@ -26,112 +31,174 @@ struct Block {
   Index row(Index q, Index s) const { return q * q_stride + s * row_stride; }
 };
 
-inline constexpr Index row_block = 128;  // rows per partial sum, lane sums
+inline constexpr Index row_block = 128;  // rows per partial sum (and per moments chunk)
 
-// Calls f(row_offset) for every row of the block in memory order, and
-// flush() after every row_block rows and at the end.
-template <typename F, typename Flush>
-void for_each_row(const Block& b, F f, Flush flush) {
-  Index rows = 0;
-  for (Index q = 0; q < b.Q; ++q)
-    for (Index s = 0; s < b.S; ++s) {
-      f(b.row(q, s));
-      if (++rows == row_block) flush(), rows = 0;
-    }
-  flush();
+// Calls f(rows, n, first) for every chunk of up to row_block consecutive
+// rows of the block, in memory order: n rows, the first at offset `first`;
+// rows(g) calls g(row_offset) for each of them and may be called again.
+template <typename F>
+void for_each_row_chunk(const Block& b, F f) {
+  const Index total = b.reduced();
+  Index q = 0, s = 0;
+  for (Index done = 0; done < total; done += row_block) {
+    const Index n = std::min(row_block, total - done);
+    const Index q0 = q, s0 = s;
+    // By value: the kernels' stores cannot alias what the loop reads.
+    const auto rows = [S = b.S, q_stride = b.q_stride, row_stride = b.row_stride, n, q0,
+                       s0](auto g) {
+      Index qq = q0, ss = s0;
+      for (Index i = 0; i < n; ++i) {
+        g(qq * q_stride + ss * row_stride);
+        if (++ss == S) ss = 0, ++qq;
+      }
+    };
+    f(rows, n, b.row(q0, s0));
+    s += n;
+    q += s / b.S;
+    s %= b.S;
+  }
 }
 
-// out[t] = sum over the block's rows of f(x[row + t], t) for every lane;
-// f(v, t) takes a packet of lanes t.. (or a scalar in the tail). `partial`
-// is scratch of b.lanes values.
-template <typename T, typename F>
-void sum_lanes(const T* x, const Block& b, F f, T* out, T* partial) {
-  constexpr Index N = packet_size<T>;
-  const Index L = b.lanes;
-  std::fill(out, out + L, T(0));
-  std::fill(partial, partial + L, T(0));
-  for_each_row(
-      b,
-      [&](Index row) {
-        const T* xr = x + row;
-        Index t = 0;
-        for (; t + N <= L; t += N) store(partial + t, padd(load(partial + t), f(load(xr + t), t)));
-        for (; t < L; ++t) partial[t] += f(xr[t], t);
-      },
-      [&] {
-        for (Index t = 0; t < L; ++t) out[t] += partial[t], partial[t] = 0;
-      });
-}
+// Lanes are processed in strips of K packets whose per-lane constants and
+// accumulators stay in registers while the strip runs down every row: K is
+// the largest power of two <= MaxK that fits, then the scalar lanes left
+// over run one at a time. strip(t0, k, as) gets the strip's first lane, k =
+// std::integral_constant<int, K> and `as` = a V (packet_t<T>, or T for a
+// scalar lane) to tell the value type.
+inline constexpr int vector_registers = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS;
 
-// Two lane sums over two arrays: f(x, y, a, b, t) adds into a and b.
-// `partial` is scratch of 2 * b.lanes values.
-template <typename T, typename F>
-void sum2_lanes(const T* x, const T* y, const Block& b, F f, T* out_a, T* out_b, T* partial) {
+template <typename V, typename T>
+inline constexpr Index width_of = std::is_same_v<V, T> ? 1 : packet_size<T>;
+
+template <typename T, int MaxK, typename F>
+void for_each_strip(Index lanes, F strip) {
   using P = packet_t<T>;
   constexpr Index N = packet_size<T>;
-  const Index L = b.lanes;
-  T* pa = partial;
-  T* pb = partial + L;
-  std::fill(out_a, out_a + L, T(0));
-  std::fill(out_b, out_b + L, T(0));
-  std::fill(partial, partial + 2 * L, T(0));
-  for_each_row(
-      b,
-      [&](Index row) {
-        Index t = 0;
-        for (; t + N <= L; t += N) {
-          P a = load(pa + t), c = load(pb + t);
-          f(load(x + row + t), load(y + row + t), a, c, t);
-          store(pa + t, a);
-          store(pb + t, c);
-        }
-        for (; t < L; ++t) f(x[row + t], y[row + t], pa[t], pb[t], t);
-      },
-      [&] {
-        for (Index t = 0; t < L; ++t) {
-          out_a[t] += pa[t], out_b[t] += pb[t];
-          pa[t] = pb[t] = 0;
-        }
+  Index t = 0;
+  if constexpr (N > 1) {
+    for (; t + MaxK * N <= lanes; t += MaxK * N) strip(t, std::integral_constant<int, MaxK>(), P());
+    if constexpr (MaxK >= 8) {
+      if (t + 4 * N <= lanes) strip(t, std::integral_constant<int, 4>(), P()), t += 4 * N;
+    }
+    if constexpr (MaxK >= 4) {
+      if (t + 2 * N <= lanes) strip(t, std::integral_constant<int, 2>(), P()), t += 2 * N;
+    }
+    if constexpr (MaxK >= 2) {
+      if (t + N <= lanes) strip(t, std::integral_constant<int, 1>(), P()), t += N;
+    }
+  }
+  for (; t < lanes; ++t) strip(t, std::integral_constant<int, 1>(), T());
+}
+
+// f(std::integral_constant<Index, k>) for k = 0 .. K-1, unrolled.
+template <typename F, std::size_t... I>
+inline void unrolled_impl(F& f, std::index_sequence<I...>) {
+  (f(std::integral_constant<Index, Index(I)>()), ...);
+}
+template <int K, typename F>
+inline void unrolled(F f) {
+  unrolled_impl(f, std::make_index_sequence<std::size_t(K)>());
+}
+
+// The strip's per-lane functors: make(t, as) for its K vectors of lanes,
+// returned by value so what they hold lives in registers.
+template <typename Make, typename V, std::size_t... I>
+auto strip_functors_impl(const Make& make, Index t0, Index w, V as, std::index_sequence<I...>) {
+  return std::array<decltype(make(t0, as)), sizeof...(I)>{make(t0 + Index(I) * w, as)...};
+}
+template <int K, typename T, typename Make, typename V>
+auto strip_functors(const Make& make, Index t0, V as) {
+  return strip_functors_impl(make, t0, width_of<V, T>, as, std::make_index_sequence<std::size_t(K)>());
+}
+
+// Two lane sums over two arrays: out_a[t], out_b[t] for every lane, where
+// make(t, as) returns g(x, y, a, b), which adds the terms of lanes t.. (a V
+// of them) into the accumulators a and b. Partial sums per chunk of rows,
+// added in chunk order.
+template <typename T, typename Make>
+void sum2_lanes(const T* x, const T* y, const Block& b, Make make, T* out_a, T* out_b) {
+  std::fill(out_a, out_a + b.lanes, T(0));
+  std::fill(out_b, out_b + b.lanes, T(0));
+  for_each_strip<T, vector_registers / 4>(b.lanes, [&](Index t0, auto k, auto as) {
+    using V = decltype(as);
+    constexpr int K = decltype(k)::value;
+    constexpr Index W = width_of<V, T>;
+    auto g = strip_functors<K, T>(make, t0, as);
+    for_each_row_chunk(b, [&](auto rows, Index, Index) {
+      V a[K], c[K];
+      unrolled<K>([&](auto i) { a[i] = c[i] = splat<V>(T(0)); });
+      rows([&](Index row) {
+        const T* xr = x + row + t0;
+        const T* yr = y + row + t0;
+        unrolled<K>([&](auto i) { g[i](load_as<V>(xr + i * W), load_as<V>(yr + i * W), a[i], c[i]); });
       });
+      unrolled<K>([&](auto i) {
+        store_as(out_a + t0 + i * W, padd(load_as<V>(out_a + t0 + i * W), a[i]));
+        store_as(out_b + t0 + i * W, padd(load_as<V>(out_b + t0 + i * W), c[i]));
+      });
+    });
+  });
 }
 
-// out[i] = f(x[i], t) for every value of the block, t the lane (of a packet's
-// first value); with lanes == 1, t = 0 throughout.
-template <typename T, typename F>
-void map_block(const T* x, T* out, const Block& b, F f) {
-  const Index L = b.lanes;
-  if (L == 1) {
+// out[i] = g(in[i]...) over the block, lanes across statistics: make(t, as)
+// returns the functor g of lanes t.. (a V of them), which takes a V of each
+// input. Aligned packets are streamed when b.stream.
+template <typename T, int MaxK, typename Make, typename... In>
+void map_lanes(T* out, const Block& b, Make make, const In*... in) {
+  for_each_row_chunk(b, [&](auto rows, Index, Index) {
+    for_each_strip<T, MaxK>(b.lanes, [&](Index t0, auto k, auto as) {
+      using V = decltype(as);
+      constexpr int K = decltype(k)::value;
+      constexpr Index W = width_of<V, T>;
+      const auto g = strip_functors<K, T>(make, t0, as);
+      // By value: stores to out cannot alias the pointers and constants.
+      rows([=, stream = b.stream](Index row) {
+        const Index o = row + t0;
+        T* dst = out + o;
+        // One pointer per input and row; the strip's vectors at fixed offsets from it.
+        [&](const auto*... src) {
+          if constexpr (W > 1) {
+            if (stream && reinterpret_cast<std::uintptr_t>(dst) % (W * sizeof(T)) == 0) {
+              unrolled<K>([&](auto i) {
+                store_streaming(dst + i * W, g[i](load_as<V>(src + i * W)...));
+              });
+              return;
+            }
+          }
+          unrolled<K>([&](auto i) { store_as(dst + i * W, g[i](load_as<V>(src + i * W)...)); });
+        }(in + o...);
+      });
+    });
+  });
+}
+
+// out[i] = f(x[i]) for every value of the block. With lanes == 1 (contiguous
+// runs of one statistic) f is used as is; with lanes > 1, make(t, as)
+// returns the f of lanes t.. (see map_lanes).
+template <typename T, typename F, typename Make>
+void map_block(const T* x, T* out, const Block& b, F f, Make make) {
+  if (b.lanes == 1) {
     for (Index q = 0; q < b.Q; ++q) {
       const Index o = q * b.q_stride;
-      map_run(x + o, out + o, b.S, [f](auto v, Index) { return f(v, Index(0)); }, b.stream);
+      map_run(x + o, out + o, b.S, [f](auto v, Index) { return f(v); }, b.stream);
     }
     return;
   }
-  for (Index q = 0; q < b.Q; ++q)
-    for (Index s = 0; s < b.S; ++s) {
-      const Index o = b.row(q, s);
-      map_run(x + o, out + o, L, f, b.stream);
-    }
+  map_lanes<T, vector_registers / 4>(out, b, make, x);
 }
 
-// out[i] = f(x[i], y[i], t): map_block over two inputs.
-template <typename T, typename F>
-void map2_block(const T* x, const T* y, T* out, const Block& b, F f) {
-  const Index L = b.lanes;
-  if (L == 1) {
+// out[i] = f(x[i], y[i]): map_block over two inputs.
+template <typename T, typename F, typename Make>
+void map2_block(const T* x, const T* y, T* out, const Block& b, F f, Make make) {
+  if (b.lanes == 1) {
     for (Index q = 0; q < b.Q; ++q) {
       const Index o = q * b.q_stride;
-      map2_run(
-          x + o, y + o, out + o, b.S, [f](auto xv, auto yv, Index) { return f(xv, yv, Index(0)); },
-          b.stream);
+      map2_run(x + o, y + o, out + o, b.S, [f](auto xv, auto yv, Index) { return f(xv, yv); },
+               b.stream);
     }
     return;
   }
-  for (Index q = 0; q < b.Q; ++q)
-    for (Index s = 0; s < b.S; ++s) {
-      const Index o = b.row(q, s);
-      map2_run(x + o, y + o, out + o, L, f, b.stream);
-    }
+  map_lanes<T, vector_registers / 8>(out, b, make, x, y);
 }
 
 }  // namespace normlayers::detail::kernels

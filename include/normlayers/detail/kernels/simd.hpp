@@ -63,9 +63,18 @@ inline void store(T* p, const packet_t<T>& v) {
 
 inline constexpr Index run_block = 1024;  // values per partial sum of a contiguous run
 
-// sum over i < n of f(x[i]), with f applied to packets (and to scalars in the
-// tail): 4 packet accumulators per block of run_block values, block sums
-// added in order. The order depends only on n, never on threads.
+// acc + d computed as fma(d, 1, acc): the same rounding as an add (d * 1 is
+// exact), on the multiply-add units, which leaves the adders free for the
+// subtractions next to it (CPUs with separate FADD and FMA pipes run both).
+template <typename V>
+inline V accumulate(const V& acc, const V& d) {
+  return pmadd(d, splat<V>(typename Eigen::internal::unpacket_traits<V>::type(1)), acc);
+}
+
+// sum over i < n of the terms of x[i]: f(acc, v) returns acc plus the terms
+// of v (a packet, or a scalar in the tail). 4 packet accumulators per block
+// of run_block values, block sums added in order. The order depends only on
+// n, never on threads.
 template <typename T, typename F>
 T sum_run(const T* x, Index n, F f) {
   using P = packet_t<T>;
@@ -76,14 +85,14 @@ T sum_run(const T* x, Index n, F f) {
     P a0 = splat<P>(T(0)), a1 = a0, a2 = a0, a3 = a0;
     Index i = b;
     for (; i + 4 * N <= e; i += 4 * N) {
-      a0 = padd(a0, f(load(x + i)));
-      a1 = padd(a1, f(load(x + i + N)));
-      a2 = padd(a2, f(load(x + i + 2 * N)));
-      a3 = padd(a3, f(load(x + i + 3 * N)));
+      a0 = f(a0, load(x + i));
+      a1 = f(a1, load(x + i + N));
+      a2 = f(a2, load(x + i + 2 * N));
+      a3 = f(a3, load(x + i + 3 * N));
     }
-    for (; i + N <= e; i += N) a0 = padd(a0, f(load(x + i)));
+    for (; i + N <= e; i += N) a0 = f(a0, load(x + i));
     T tail = 0;
-    for (; i < e; ++i) tail += f(x[i]);
+    for (; i < e; ++i) tail = f(tail, x[i]);
     total += predux(padd(padd(a0, a1), padd(a2, a3))) + tail;
   }
   return total;
