@@ -132,6 +132,8 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
   // Work items: chunks of rows (row-major inputs) times pieces of the lanes
   // (column-major inputs); each sums its own parameter gradients.
   constexpr Index chunk_rows = 64;
+  // Rows whose parameter gradients one sweep adds together (registers allowing).
+  constexpr int rows_at_once = kernels::vector_registers >= 32 ? 4 : 2;
   const Index chunks = (v.P + chunk_rows - 1) / chunk_rows;
   const Index pieces = (v.T + lane_piece - 1) / lane_piece;
   const Index items = chunks * pieces;
@@ -146,7 +148,21 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
       const Index width = std::min(lane_piece, v.T - t0);
       Acc* dg = weight_grad ? dgamma.data() + std::size_t(item) * n : nullptr;
       Acc* db = bias_grad ? dbeta.data() + std::size_t(item) * n : nullptr;
-      for (Index p = c * chunk_rows; p < std::min(v.P, (c + 1) * chunk_rows); ++p) {
+      const Index end = std::min(v.P, (c + 1) * chunk_rows);
+      if (v.T == 1) {  // rows of one statistic each, rows_at_once per sweep, then one by one
+        Index p = c * chunk_rows;
+        const auto rows = [&](Index row, auto count) {
+          const Index offset = v.block_offset(row, 0);
+          kernels::backward_rows_affine_s<Centered, decltype(count)::value>(
+              x + offset, dy + offset, dx + offset, v.S, v.S, v.streams_output(),
+              Centered ? mean + row : nullptr, rstd + row, gamma, dg, db);
+        };
+        for (; p + rows_at_once <= end; p += rows_at_once)
+          rows(p, std::integral_constant<int, rows_at_once>());
+        for (; p < end; ++p) rows(p, std::integral_constant<int, 1>());
+        continue;
+      }
+      for (Index p = c * chunk_rows; p < end; ++p) {
         const Index offset = v.block_offset(p, 0) + t0, stat = v.stat_offset(p, 0) + t0;
         kernels::backward_block_affine_s<Centered>(
             x + offset, dy + offset, dx + offset, v.S, width, v.T, v.streams_output(),

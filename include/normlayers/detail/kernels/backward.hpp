@@ -11,8 +11,83 @@
 
 namespace normlayers::detail::kernels {
 
+// Rows of one statistic each (row-major LayerNorm/RMSNorm), R rows `stride`
+// apart, S values per row; per row g = gamma * dy, xc = x - mean (x itself
+// for RMSNorm):
+//   reduce:  A = sum g,  B = sum g * xc,  in blocks of run_block values;
+//            dgamma += sum over the R rows of dy * xc * rstd, dbeta += sum dy,
+//            so dgamma/dbeta are loaded and stored once per R rows
+//   apply:   dx = (g - A/M) * rstd + xc * (-rstd^3 * B/M)   (A = 0 for RMSNorm)
+// g - A/M first, so the terms that cancel (exactly, for M = 1) do so before
+// the scaling by rstd. gamma, dgamma, dbeta may be null.
+template <bool Centered, int R, typename T, typename P>
+void backward_rows_affine_s(const T* x, const T* dy, T* dx, Index S, Index stride, bool stream,
+                            const T* mean, const T* rstd, const P* gamma, T* dgamma, T* dbeta) {
+  using Pk = packet_t<T>;
+  constexpr Index N = packet_size<T>;
+  with_affine(gamma, static_cast<const P*>(nullptr), [&](auto has_gamma, auto) {
+    constexpr bool G = decltype(has_gamma)::value;
+    T mu[R], r[R], A[R], B[R];
+    unrolled<R>([&](auto k) {
+      mu[k] = Centered ? mean[k] : T(0);
+      r[k] = rstd[k];
+      A[k] = B[k] = T(0);
+    });
+    // Values i.. of the R rows (a V of each) into the row sums acc_a/acc_b
+    // and the parameter gradients.
+    const auto step = [&](auto as, Index i, auto& acc_a, auto& acc_b) {
+      using V = decltype(as);
+      const V gm = G ? load_as<V>(gamma + i) : splat<V>(T(1));
+      V dg = splat<V>(T(0)), db = dg;
+      unrolled<R>([&](auto k) {
+        const V dv = load_as<V>(dy + k * stride + i);
+        const V xc = psub(load_as<V>(x + k * stride + i), splat<V>(mu[k]));
+        const V g = G ? pmul(dv, gm) : dv;
+        acc_a[k] = padd(acc_a[k], g);
+        acc_b[k] = pmadd(g, xc, acc_b[k]);
+        dg = pmadd(pmul(dv, xc), splat<V>(r[k]), dg);
+        db = padd(db, dv);
+      });
+      if (dgamma) store_as(dgamma + i, padd(load_as<V>(dgamma + i), dg));
+      if (dbeta) store_as(dbeta + i, padd(load_as<V>(dbeta + i), db));
+    };
+    for (Index blk = 0; blk < S; blk += run_block) {
+      const Index e = std::min(S, blk + run_block);
+      Pk a0[R], b0[R], a1[R], b1[R];
+      T sa[R], sb[R];
+      unrolled<R>([&](auto k) {
+        a0[k] = b0[k] = a1[k] = b1[k] = splat<Pk>(T(0));
+        sa[k] = sb[k] = T(0);
+      });
+      Index i = blk;
+      for (; i + 2 * N <= e; i += 2 * N) {
+        step(Pk(), i, a0, b0);
+        step(Pk(), i + N, a1, b1);
+      }
+      for (; i + N <= e; i += N) step(Pk(), i, a0, b0);
+      for (; i < e; ++i) step(T(), i, sa, sb);
+      unrolled<R>([&](auto k) {
+        A[k] += predux(padd(a0[k], a1[k])) + sa[k];
+        B[k] += predux(padd(b0[k], b1[k])) + sb[k];
+      });
+    }
+    const T inv_m = T(1) / static_cast<T>(S);
+    unrolled<R>([&](auto k) {
+      const T m = mu[k], rk = r[k];
+      const T v = Centered ? -A[k] * inv_m : T(0), k1 = -rk * rk * rk * B[k] * inv_m;
+      const Index o = k * stride;
+      map2_run(x + o, dy + o, dx + o, S, [=](auto xv, auto dv, Index s) {
+        using V = decltype(xv);
+        const V g = G ? pmul(dv, load_as<V>(gamma + s)) : dv;
+        return pmadd(padd(g, splat<V>(v)), splat<V>(rk), pmul(psub(xv, splat<V>(m)), splat<V>(k1)));
+      }, stream);
+    });
+  });
+}
+
 // Norms whose affine parameters run along the reduced axis (LayerNorm,
-// RMSNorm), one block of S rows of `lanes` values, M = S values per statistic,
+// RMSNorm) with lanes across statistics (column-major inputs): one block of
+// S rows of `lanes` values, M = S values per statistic,
 // g = gamma[s] * dy, xc = x - mean[t] (x itself for RMSNorm: mean is null):
 //   reduce:  A[t] = sum_s g,  B[t] = sum_s g * xc,
 //            dgamma[s] += sum_t dy * xc * rstd[t],  dbeta[s] += sum_t dy
@@ -31,33 +106,7 @@ void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lane
   T* c2 = scratch + 3 * lanes;
   with_affine(gamma, static_cast<const P*>(nullptr), [&](auto has_gamma, auto) {
     constexpr bool G = decltype(has_gamma)::value;
-    if (lanes == 1) {
-      const T mu = Centered ? mean[0] : T(0), r = rstd[0];
-      // Reduce, fused with the parameter gradients of this row.
-      T sum_a = 0, sum_b = 0;
-      sum2_run(
-          x, dy, S,
-          [=](auto xv, auto dv, auto& acc_a, auto& acc_b, Index s) {
-            using V = std::decay_t<decltype(xv)>;
-            const V xc = psub(xv, splat<V>(mu));
-            const V g = G ? pmul(dv, load_as<V>(gamma + s)) : dv;
-            acc_a = padd(acc_a, g);
-            acc_b = pmadd(g, xc, acc_b);
-            if (dgamma) store_as(dgamma + s, pmadd(pmul(dv, xc), splat<V>(r), load_as<V>(dgamma + s)));
-            if (dbeta) store_as(dbeta + s, padd(dv, load_as<V>(dbeta + s)));
-          },
-          sum_a, sum_b);
-      // dx = (g - A/M) * r + xc * k1: g - A/M first, so the terms that cancel
-      // (exactly, for M = 1) do so before the scaling by r.
-      const T inv_m = T(1) / static_cast<T>(S);
-      const T v = Centered ? -sum_a * inv_m : T(0), k1 = -r * r * r * sum_b * inv_m;
-      map2_run(x, dy, dx, S, [=](auto xv, auto dv, Index s) {
-        using V = decltype(xv);
-        const V g = G ? pmul(dv, load_as<V>(gamma + s)) : dv;
-        return pmadd(padd(g, splat<V>(v)), splat<V>(r), pmul(psub(xv, splat<V>(mu)), splat<V>(k1)));
-      }, stream);
-      return;
-    }
+    eigen_assert(lanes > 1 && "rows of one statistic go to backward_rows_affine_s");
     // Lanes across statistics (column-major inputs): gamma[s] is one value
     // per row, every lane its own statistic; c1/c2 hold the row-block partials.
     std::fill(scratch, scratch + 4 * lanes, T(0));
