@@ -88,6 +88,7 @@ TYPED_TEST(BatchNormTest, MatchesReferenceForEveryRankAndOption) {
     check_against_reference<TypeParam>(std::array<Index, 5>{2, 3, 2, 3, 4}, c, 4);
     check_against_reference<TypeParam>(std::array<Index, 4>{2, 3, 40, 40}, c, 5);  // > one block
     check_against_reference<TypeParam>(std::array<Index, 4>{20, 4, 8, 3}, c, 6);   // row chunks (last)
+    check_against_reference<TypeParam>(std::array<Index, 3>{3, 5, 257}, c, 7);     // lanes 256 + 1 (last)
   }
 }
 

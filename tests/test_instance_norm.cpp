@@ -92,6 +92,8 @@ TYPED_TEST(InstanceNormTest, MatchesReferenceForEveryRankAndOption) {
     check_against_reference<TypeParam>(last ? std::array<Index, 4>{2, 3, 5, 3} : std::array<Index, 4>{2, 3, 3, 5}, c, 2);
     check_against_reference<TypeParam>(last ? std::array<Index, 5>{2, 2, 3, 2, 3} : std::array<Index, 5>{2, 3, 2, 3, 2}, c, 3);
     check_against_reference<TypeParam>(last ? std::array<Index, 4>{1, 40, 40, 2} : std::array<Index, 4>{1, 2, 40, 40}, c, 4);
+    // Channels-last: 257 channels side by side, lanes cut 256 + 1.
+    check_against_reference<TypeParam>(last ? std::array<Index, 3>{2, 16, 257} : std::array<Index, 3>{2, 257, 16}, c, 5);
   }
 }
 

@@ -84,6 +84,8 @@ TYPED_TEST(LayerNormTest, MatchesReferenceForEveryRankAndOption) {
     check_against_reference<TypeParam>(std::array<Index, 5>{2, 1, 3, 2, 4}, 3, c, 7);
     check_against_reference<TypeParam>(std::array<Index, 5>{3, 2, 1, 2, 5}, 4, c, 8);
     check_against_reference<TypeParam>(std::array<Index, 3>{2, 3, 1}, 1, c, 9);  // D = 1
+    // Column-major: 257 statistics side by side, lanes cut 256 + 1.
+    check_against_reference<TypeParam>(std::array<Index, 2>{257, 6}, 1, c, 10);
   }
 }
 

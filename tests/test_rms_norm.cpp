@@ -70,6 +70,8 @@ TYPED_TEST(RMSNormTest, MatchesReferenceForEveryRankAndOption) {
     check_against_reference<TypeParam>(std::array<Index, 4>{2, 3, 4, 5}, 1, affine, 4);
     check_against_reference<TypeParam>(std::array<Index, 4>{2, 3, 4, 5}, 3, affine, 5);
     check_against_reference<TypeParam>(std::array<Index, 5>{2, 1, 3, 2, 4}, 2, affine, 6);
+    // Column-major: 257 statistics side by side, lanes cut 256 + 1.
+    check_against_reference<TypeParam>(std::array<Index, 2>{257, 6}, 1, affine, 7);
   }
 }
 

@@ -106,7 +106,6 @@ void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lane
   T* c2 = scratch + 3 * lanes;
   with_affine(gamma, static_cast<const P*>(nullptr), [&](auto has_gamma, auto) {
     constexpr bool G = decltype(has_gamma)::value;
-    eigen_assert(lanes > 1 && "rows of one statistic go to backward_rows_affine_s");
     // Lanes across statistics (column-major inputs): gamma[s] is one value
     // per row, every lane its own statistic; c1/c2 hold the row-block partials.
     std::fill(scratch, scratch + 4 * lanes, T(0));
@@ -166,7 +165,7 @@ namespace normlayers::detail::kernels {
 template <typename T>
 void backward_reduce_block(const T* x, const T* dy, const Block& b, const T* mean, T* sum_dy,
                            T* sum_dyxc) {
-  if (b.lanes == 1) {
+  if (b.contiguous_runs()) {
     const T m = mean[0];
     T sa = 0, sb = 0;
     for (Index q = 0; q < b.Q; ++q) {

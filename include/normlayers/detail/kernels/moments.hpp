@@ -37,7 +37,7 @@ void block_moments(const T* x, const Block& b, T* mean, T* m2) {
     for (Index t = 0; t < b.lanes; ++t) mean[t] = m2[t] = std::numeric_limits<T>::quiet_NaN();
     return;
   }
-  if (b.lanes == 1) {
+  if (b.contiguous_runs()) {
     T mu = 0;
     if constexpr (Centered) {
       // sum (x - shift) = sum x - m * shift: exact-enough, even for |mean| >> std.

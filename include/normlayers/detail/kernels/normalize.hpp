@@ -18,7 +18,7 @@ void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, Index stri
   with_affine(gamma, beta, [&](auto has_gamma, auto has_beta) {
     constexpr bool G = decltype(has_gamma)::value;
     constexpr bool B = decltype(has_beta)::value;
-    if (lanes == 1) {
+    if (lanes == 1 && stride == 1) {
       const T mu = mean[0], r = rstd[0];
       map_run(x, y, S, [=](auto v, Index s) {  // by value: stores to y cannot alias them
         using V = decltype(v);

@@ -3,8 +3,8 @@
 
 // Reductions and element-wise passes over one statistic block of the canonical
 // view: Q runs, q_stride apart, of S rows of `lanes` contiguous values (see
-// view.hpp). With lanes == 1 a run is contiguous and is reduced along its
-// length (sum_run); with lanes > 1 every row holds one value of each of
+// view.hpp). With one lane and contiguous rows (contiguous_runs) a run is
+// reduced along its length (sum_run); otherwise every row holds one value of each of
 // `lanes` statistics and the sums run across rows, vector lanes across
 // statistics. Every sum over a statistic's values goes through here, in an
 // order fixed by the block's shape alone (so results do not depend on the
@@ -28,6 +28,9 @@ struct Block {
   Index Q = 1, S = 1, lanes = 1, q_stride = 0, row_stride = 1;
   bool stream = false;  // write outputs with streaming stores (see simd.hpp)
   Index reduced() const { return Q * S; }
+  // One statistic in Q contiguous runs of S values (no lanes; a last piece
+  // of one lane cut from wider lanes is not: its rows are row_stride apart).
+  bool contiguous_runs() const { return lanes == 1 && row_stride == 1; }
   Index row(Index q, Index s) const { return q * q_stride + s * row_stride; }
 };
 
@@ -172,12 +175,12 @@ void map_lanes(T* out, const Block& b, Make make, const In*... in) {
   });
 }
 
-// out[i] = f(x[i]) for every value of the block. With lanes == 1 (contiguous
-// runs of one statistic) f is used as is; with lanes > 1, make(t, as)
+// out[i] = f(x[i]) for every value of the block. With contiguous runs of one
+// statistic f is used as is; otherwise make(t, as)
 // returns the f of lanes t.. (see map_lanes).
 template <typename T, typename F, typename Make>
 void map_block(const T* x, T* out, const Block& b, F f, Make make) {
-  if (b.lanes == 1) {
+  if (b.contiguous_runs()) {
     for (Index q = 0; q < b.Q; ++q) {
       const Index o = q * b.q_stride;
       map_run(x + o, out + o, b.S, [f](auto v, Index) { return f(v); }, b.stream);
@@ -190,7 +193,7 @@ void map_block(const T* x, T* out, const Block& b, F f, Make make) {
 // out[i] = f(x[i], y[i]): map_block over two inputs.
 template <typename T, typename F, typename Make>
 void map2_block(const T* x, const T* y, T* out, const Block& b, F f, Make make) {
-  if (b.lanes == 1) {
+  if (b.contiguous_runs()) {
     for (Index q = 0; q < b.Q; ++q) {
       const Index o = q * b.q_stride;
       map2_run(x + o, y + o, out + o, b.S, [f](auto xv, auto yv, Index) { return f(xv, yv); },
