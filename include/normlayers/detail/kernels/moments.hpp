@@ -29,6 +29,36 @@ void merge_moments(T count_a, V& mean_a, V& m2_a, T count_b, V mean_b, V m2_b) {
   m2_a = padd(m2_a, pmadd(pmul(delta, delta), splat<V>(count_a * count_b / count), m2_b));
 }
 
+// The terms of the two passes: acc + (v - shift) for the shifted mean (an
+// add, as fma(d, 1, acc): see accumulate), acc + (v - mu)^2 for M2.
+template <typename V, typename T>
+inline V shifted_term(const V& acc, const V& v, T shift) {
+  return accumulate(acc, psub(v, splat<V>(shift)));
+}
+template <typename V, typename T>
+inline V square_term(const V& acc, const V& v, T mu) {
+  const V d = psub(v, splat<V>(mu));
+  return pmadd(d, d, acc);
+}
+
+// mean[k], m2[k] of R rows (stride apart) of S > 0 values, one statistic per
+// row (row-major LayerNorm/RMSNorm). The shift is the row's first value, so
+// |mean| >> std loses nothing. A row's result does not depend on R.
+template <bool Centered, int R, typename T>
+void row_moments(const T* x, Index stride, Index S, T* mean, T* m2) {
+  T mu[R] = {};
+  if constexpr (Centered) {
+    T shift[R], sum[R];
+    unrolled<R>([&](auto k) { shift[k] = x[k * stride]; });
+    sum_rows<R>(x, stride, S, [&shift](auto acc, auto v, auto k) { return shifted_term(acc, v, shift[k]); },
+                sum);
+    unrolled<R>([&](auto k) { mu[k] = shift[k] + sum[k] / static_cast<T>(S); });
+  }
+  sum_rows<R>(x, stride, S, [&mu](auto acc, auto v, auto k) { return square_term(acc, v, mu[k]); },
+              m2);
+  unrolled<R>([&](auto k) { mean[k] = mu[k]; });
+}
+
 // mean[t], m2[t] for t < b.lanes.
 template <bool Centered, typename T>
 void block_moments(const T* x, const Block& b, T* mean, T* m2) {
@@ -44,17 +74,12 @@ void block_moments(const T* x, const Block& b, T* mean, T* m2) {
       const T shift = x[0];
       T sum = 0;
       for (Index q = 0; q < b.Q; ++q)
-        sum += sum_run(x + q * b.q_stride, b.S, [shift](auto acc, auto v) {
-          return accumulate(acc, psub(v, splat<decltype(v)>(shift)));
-        });
+        sum += sum_run(x + q * b.q_stride, b.S, [shift](auto acc, auto v) { return shifted_term(acc, v, shift); });
       mu = shift + sum / static_cast<T>(m);
     }
     T ss = 0;
     for (Index q = 0; q < b.Q; ++q)
-      ss += sum_run(x + q * b.q_stride, b.S, [mu](auto acc, auto v) {
-        const auto d = psub(v, splat<decltype(v)>(mu));
-        return pmadd(d, d, acc);
-      });
+      ss += sum_run(x + q * b.q_stride, b.S, [mu](auto acc, auto v) { return square_term(acc, v, mu); });
     mean[0] = mu;
     m2[0] = ss;
     return;

@@ -9,26 +9,46 @@
 namespace normlayers::detail::kernels {
 
 // Norms whose affine parameters run along the reduced axis (LayerNorm,
-// RMSNorm): one block of S rows (stride apart) of `lanes` values,
-//   y[s, t] = (x[s, t] - mean[t]) * rstd[t] * gamma[s] + beta[s]
-// gamma/beta may be null (1 and 0).
-template <typename T, typename P>
-void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, Index stride, const T* mean,
-                              const T* rstd, const P* gamma, const P* beta, bool stream) {
+// RMSNorm), R rows (stride apart) of S values, one statistic per row:
+//   y[k, s] = (x[k, s] - mean[k]) * rstd[k] * gamma[s] + beta[s]
+// gamma/beta are loaded once for the R rows. gamma/beta may be null (1 and 0).
+// A row's result does not depend on R.
+template <int R, typename T, typename P>
+void normalize_rows_affine_s(const T* x, T* y, Index S, Index stride, bool stream, const T* mean,
+                             const T* rstd, const P* gamma, const P* beta) {
   with_affine(gamma, beta, [&](auto has_gamma, auto has_beta) {
     constexpr bool G = decltype(has_gamma)::value;
     constexpr bool B = decltype(has_beta)::value;
-    if (lanes == 1 && stride == 1) {
-      const T mu = mean[0], r = rstd[0];
-      map_run(x, y, S, [=](auto v, Index s) {  // by value: stores to y cannot alias them
-        using V = decltype(v);
-        V out = pmul(psub(v, splat<V>(mu)), splat<V>(r));
-        if constexpr (G) out = pmul(out, load_as<V>(gamma + s));
-        if constexpr (B) out = padd(out, load_as<V>(beta + s));
-        return out;
-      }, stream);
-      return;
-    }
+    T mu[R], r[R];
+    unrolled<R>([&](auto k) { mu[k] = mean[k], r[k] = rstd[k]; });
+    map_rows_with<R>(
+        y, stride, S, stream,
+        [=](Index s, auto as) {  // by value: stores to y cannot alias them
+          using V = decltype(as);
+          const V none = splat<V>(T(0));
+          return std::pair<V, V>(G ? load_as<V>(gamma + s) : none, B ? load_as<V>(beta + s) : none);
+        },
+        [=](const auto& gb, auto k, Index s, auto as) {
+          using V = decltype(as);
+          V out = pmul(psub(load_as<V>(x + k * stride + s), splat<V>(mu[k])), splat<V>(r[k]));
+          if constexpr (G) out = pmul(out, gb.first);
+          if constexpr (B) out = padd(out, gb.second);
+          return out;
+        });
+  });
+}
+
+// The same with lanes across statistics (column-major inputs): one block of
+// S rows (stride apart) of `lanes` values,
+//   y[s, t] = (x[s, t] - mean[t]) * rstd[t] * gamma[s] + beta[s]
+template <typename T, typename P>
+void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, Index stride, const T* mean,
+                              const T* rstd, const P* gamma, const P* beta, bool stream) {
+  if (lanes == 1 && stride == 1)
+    return normalize_rows_affine_s<1>(x, y, S, 0, stream, mean, rstd, gamma, beta);
+  with_affine(gamma, beta, [&](auto has_gamma, auto has_beta) {
+    constexpr bool G = decltype(has_gamma)::value;
+    constexpr bool B = decltype(has_beta)::value;
     for (Index s = 0; s < S; ++s) {
       const T g = G ? static_cast<T>(gamma[s]) : T(1), b = B ? static_cast<T>(beta[s]) : T(0);
       map_run(x + s * stride, y + s * stride, lanes, [=](auto v, Index t) {

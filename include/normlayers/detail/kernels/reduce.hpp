@@ -70,6 +70,24 @@ void for_each_row_chunk(const Block& b, F f) {
 // scalar lane) to tell the value type.
 inline constexpr int vector_registers = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS;
 
+// Rows of one statistic each (row-major LayerNorm/RMSNorm, GroupNorm's
+// channels) that one kernel call takes together, registers allowing: their
+// independent sums overlap (short rows are otherwise latency-bound) and
+// what the rows share (parameters, their gradients) is loaded once per call.
+inline constexpr int rows_at_once = vector_registers >= 32 ? 4 : 2;
+
+// Calls f(row, std::integral_constant<int, R>) for rows [first, last):
+// R = rows_at_once rows per call while they last (if at_once), then one by
+// one (R = 1). The kernels give a row the same result whatever its R.
+template <typename F>
+void for_each_row_group(Index first, Index last, bool at_once, F f) {
+  Index row = first;
+  if (at_once)
+    for (; row + rows_at_once <= last; row += rows_at_once)
+      f(row, std::integral_constant<int, rows_at_once>());
+  for (; row < last; ++row) f(row, std::integral_constant<int, 1>());
+}
+
 template <typename V, typename T>
 inline constexpr Index width_of = std::is_same_v<V, T> ? 1 : packet_size<T>;
 
@@ -91,16 +109,6 @@ void for_each_strip(Index lanes, F strip) {
     }
   }
   for (; t < lanes; ++t) strip(t, std::integral_constant<int, 1>(), T());
-}
-
-// f(std::integral_constant<Index, k>) for k = 0 .. K-1, unrolled.
-template <typename F, std::size_t... I>
-inline void unrolled_impl(F& f, std::index_sequence<I...>) {
-  (f(std::integral_constant<Index, Index(I)>()), ...);
-}
-template <int K, typename F>
-inline void unrolled(F f) {
-  unrolled_impl(f, std::make_index_sequence<std::size_t(K)>());
 }
 
 // The strip's per-lane functors: make(t, as) for its K vectors of lanes,

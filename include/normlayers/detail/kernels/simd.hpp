@@ -71,31 +71,56 @@ inline V accumulate(const V& acc, const V& d) {
   return pmadd(d, splat<V>(typename Eigen::internal::unpacket_traits<V>::type(1)), acc);
 }
 
-// sum over i < n of the terms of x[i]: f(acc, v) returns acc plus the terms
-// of v (a packet, or a scalar in the tail). 4 packet accumulators per block
-// of run_block values, block sums added in order. The order depends only on
-// n, never on threads.
-template <typename T, typename F>
-T sum_run(const T* x, Index n, F f) {
+// f(std::integral_constant<Index, k>) for k = 0 .. K-1, unrolled.
+template <typename F, std::size_t... I>
+inline void unrolled_impl(F& f, std::index_sequence<I...>) {
+  (f(std::integral_constant<Index, Index(I)>()), ...);
+}
+template <int K, typename F>
+inline void unrolled(F f) {
+  unrolled_impl(f, std::make_index_sequence<std::size_t(K)>());
+}
+
+// sums[k] = the sum over i < n of the terms of x[k * stride + i], for R rows:
+// f(acc, v, k) returns acc plus the terms of v (a packet, or a scalar in the
+// tail) of row k (an integral_constant). Per row, 4 packet accumulators per
+// block of run_block values, block sums added in order: the order depends
+// only on n, never on R or threads, so a row's sum is bitwise the same
+// whichever rows run beside it. R rows at once give the core R times the
+// independent additions to overlap (short rows are otherwise latency-bound).
+template <int R, typename T, typename F>
+void sum_rows(const T* x, Index stride, Index n, F f, T* sums) {
   using P = packet_t<T>;
   constexpr Index N = packet_size<T>;
-  T total = 0;
+  unrolled<R>([&](auto k) { sums[k] = T(0); });
   for (Index b = 0; b < n; b += run_block) {
     const Index e = std::min(n, b + run_block);
-    P a0 = splat<P>(T(0)), a1 = a0, a2 = a0, a3 = a0;
+    P a0[R], a1[R], a2[R], a3[R];
+    unrolled<R>([&](auto k) { a0[k] = a1[k] = a2[k] = a3[k] = splat<P>(T(0)); });
     Index i = b;
-    for (; i + 4 * N <= e; i += 4 * N) {
-      a0 = f(a0, load(x + i));
-      a1 = f(a1, load(x + i + N));
-      a2 = f(a2, load(x + i + 2 * N));
-      a3 = f(a3, load(x + i + 3 * N));
-    }
-    for (; i + N <= e; i += N) a0 = f(a0, load(x + i));
-    T tail = 0;
-    for (; i < e; ++i) tail = f(tail, x[i]);
-    total += predux(padd(padd(a0, a1), padd(a2, a3))) + tail;
+    for (; i + 4 * N <= e; i += 4 * N)
+      unrolled<R>([&](auto k) {
+        const T* xk = x + k * stride + i;
+        a0[k] = f(a0[k], load(xk), k);
+        a1[k] = f(a1[k], load(xk + N), k);
+        a2[k] = f(a2[k], load(xk + 2 * N), k);
+        a3[k] = f(a3[k], load(xk + 3 * N), k);
+      });
+    for (; i + N <= e; i += N) unrolled<R>([&](auto k) { a0[k] = f(a0[k], load(x + k * stride + i), k); });
+    unrolled<R>([&](auto k) {
+      T tail = 0;
+      for (Index j = i; j < e; ++j) tail = f(tail, x[k * stride + j], k);
+      sums[k] += predux(padd(padd(a0[k], a1[k]), padd(a2[k], a3[k]))) + tail;
+    });
   }
-  return total;
+}
+
+// sum over i < n of the terms of x[i] (sum_rows of one row; f(acc, v)).
+template <typename T, typename F>
+T sum_run(const T* x, Index n, F f) {
+  T sum;
+  sum_rows<1>(x, 0, n, [&f](auto acc, auto v, auto) { return f(acc, v); }, &sum);
+  return sum;
 }
 
 // Two sums over two arrays: f(x, y, a, b, i) adds the terms of the values at
@@ -153,23 +178,51 @@ inline void streaming_fence() {
 #endif
 }
 
-// out[i] = f(in(i), i) over n values, in(i) the inputs at i as packets (or
-// scalars in the head and tail); with `stream`, aligned packets are written
-// with streaming stores.
-template <typename T, typename In, typename F>
-void map_run_with(T* out, Index n, bool stream, In in, F f) {
+// out[k * stride + i] = f(c, k, i) for R rows k (integral_constants) and
+// i < n, where c = shared(i, as) holds what the rows share at i (parameters
+// loaded once for all R rows) and f reads row k's inputs itself; `as` (a
+// packet, or a scalar in the head and tail) tells the value type. With
+// `stream`, aligned packets are written with streaming stores (rows not
+// equally aligned then go one at a time).
+template <int R, typename T, typename Shared, typename F>
+void map_rows_with(T* out, Index stride, Index n, bool stream, Shared shared, F f) {
+  using P = packet_t<T>;
   constexpr Index N = packet_size<T>;
+  const auto at = [&](Index i, auto as, auto store_v) {
+    const auto c = shared(i, as);
+    decltype(as) v[R];
+    unrolled<R>([&](auto k) { v[k] = f(c, k, i, as); });  // all loads before the stores
+    unrolled<R>([&](auto k) { store_v(out + k * stride + i, v[k]); });
+  };
+  const auto plain = [](T* p, const auto& v) { store_as(p, v); };
   Index i = 0;
   if (stream && N > 1) {
+    if constexpr (R > 1) {
+      if (stride % N != 0) {
+        unrolled<R>([&](auto k) {
+          map_rows_with<1>(out + k * stride, 0, n, stream, shared,
+                           [&f, k](const auto& c, auto, Index j, auto as) { return f(c, k, j, as); });
+        });
+        return;
+      }
+    }
     const auto misaligned = reinterpret_cast<std::uintptr_t>(out) % (N * sizeof(T));
     Index head = misaligned % sizeof(T) ? n : Index((N * sizeof(T) - misaligned) / sizeof(T)) % N;
-    for (head = std::min(head, n); i < head; ++i) out[i] = f(in(i, T()), i);
-    for (; i + N <= n; i += N) store_streaming(out + i, f(in(i, packet_t<T>()), i));
-    for (; i < n; ++i) out[i] = f(in(i, T()), i);
+    for (head = std::min(head, n); i < head; ++i) at(i, T(), plain);
+    for (; i + N <= n; i += N) at(i, P(), [](T* p, const P& v) { store_streaming(p, v); });
+    for (; i < n; ++i) at(i, T(), plain);
     return;  // the caller fences once after all its runs (streaming_fence)
   }
-  for (; i + N <= n; i += N) store(out + i, f(in(i, packet_t<T>()), i));
-  for (; i < n; ++i) out[i] = f(in(i, T()), i);
+  for (; i + N <= n; i += N) at(i, P(), plain);
+  for (; i < n; ++i) at(i, T(), plain);
+}
+
+// out[i] = f(in(i), i) over n values, in(i) the inputs at i as packets (or
+// scalars in the head and tail): map_rows_with of one row.
+template <typename T, typename In, typename F>
+void map_run_with(T* out, Index n, bool stream, In in, F f) {
+  map_rows_with<1>(out, 0, n, stream, in,
+                   [&f](const auto& v, auto, Index i, auto) { return f(v, i); });
 }
 
 // out[i] = f(x[i], i) over n values; f gets packets (and scalars in the tail)
