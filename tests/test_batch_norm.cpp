@@ -127,6 +127,23 @@ TEST(BatchNormNumerics, LargeMeanSmallSpreadInFloat) {
   }
 }
 
+// As LayerNormNumerics.OutlyingFirstValuesKeepFloatPrecision for a channel's
+// runs (channels-first): each channel starts with 16 zeros, then 16368 values
+// near 1000, so its shifted one-pass sums cancel 10 bits and the centered
+// pass must take over.
+TEST(BatchNormNumerics, OutlyingFirstValuesKeepFloatPrecision) {
+  const std::array<Index, 4> dims{4, 3, 64, 64};
+  Vec xv = test::random_vec(std::size_t(test::numel(dims)), 23, 1000.0, 1.0);
+  for (Index c = 0; c < 3; ++c)
+    for (Index i = 0; i < 16; ++i) xv[std::size_t(c * 4096 + i)] = 0.0;
+  const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, xv);
+  nl::BatchNorm<float> bn(3);
+  const Vec got = test::logical(bn.forward(x));
+  const auto ref = reference::batch_norm_forward(test::logical(x), test::dims_vec(dims), 1, {}, {}, 1e-5);
+  EXPECT_TRUE(test::all_close(got, ref.y, 1e-5, 1e-5));
+  EXPECT_TRUE(test::all_close(test::to_vec(bn.saved_rstd()), ref.rstd, 1e-6, 0.0));
+}
+
 // Running statistics after 3 steps, computed by hand from the formulas:
 // factor = momentum (or 1/step), var unbiased = var * M / (M - 1).
 TYPED_TEST(BatchNormTest, RunningStatisticsFollowTheUpdateRule) {

@@ -147,6 +147,23 @@ TEST(LayerNormNumerics, TextbookVarianceFailsTheSameCheck) {
   EXPECT_GT(err, 1.0);
 }
 
+// The one-pass moments shift by the mean of a row's first values; when those
+// sit far from the row's mean (here 16 zeros before 16368 values near 1000:
+// s2/M2 ~ 1000, 10 bits of cancellation) the centered pass must take over.
+// Rows 5: four at once, then one alone.
+TEST(LayerNormNumerics, OutlyingFirstValuesKeepFloatPrecision) {
+  const Index rows = 5, d = 16384;
+  Vec xv = test::random_vec(std::size_t(rows * d), 23, 1000.0, 1.0);
+  for (Index r = 0; r < rows; ++r)
+    for (Index i = 0; i < 16; ++i) xv[std::size_t(r * d + i)] = 0.0;
+  const auto x = test::make_tensor<float, Eigen::RowMajor>(std::array<Index, 2>{rows, d}, xv);
+  nl::LayerNorm<float> ln({d});
+  const Vec got = test::logical(ln.forward(x));
+  const auto ref = reference::row_norm_forward(test::logical(x), std::size_t(d), {}, {}, 1e-5, true);
+  EXPECT_TRUE(test::all_close(got, ref.y, 1e-5, 1e-5));
+  EXPECT_TRUE(test::all_close(test::to_vec(ln.saved_rstd()), ref.rstd, 1e-6, 0.0));
+}
+
 TYPED_TEST(LayerNormTest, InvariantToPositiveAffineMapOfInput) {
   using S = typename TypeParam::scalar;
   const std::array<Index, 3> dims{3, 4, 50};

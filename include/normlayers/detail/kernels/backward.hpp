@@ -172,7 +172,7 @@ void backward_reduce_block(const T* x, const T* dy, const Block& b, const T* mea
       T ra = 0, rb = 0;
       const Index o = q * b.q_stride;
       sum2_run(x + o, dy + o, b.S,
-               [m](auto xv, auto dv, auto& acc_a, auto& acc_b, Index) {
+               [m](auto xv, auto dv, auto& acc_a, auto& acc_b) {
                  using V = std::decay_t<decltype(xv)>;
                  acc_a = padd(acc_a, dv);
                  acc_b = pmadd(dv, psub(xv, splat<V>(m)), acc_b);

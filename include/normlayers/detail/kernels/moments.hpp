@@ -3,11 +3,12 @@
 
 // Moments of one statistic block of the canonical view (all t lanes of one
 // (p, r)): the mean and M2 = sum (x - mean)^2, or for the uncentered variant
-// (RMSNorm) mean = 0 and M2 = sum x^2. Two passes: a shifted sum for the mean
-// (shift = the lane's first value, so |mean| >> std loses nothing), then the
-// centered sum of squares over data that is still in cache. Lanes across
-// statistics take both passes per chunk of rows, merged chunk by chunk, so a
-// tall block is read from memory once.
+// (RMSNorm) mean = 0 and M2 = sum x^2. Contiguous values: one pass of sums
+// shifted by a value near the mean, checked for cancellation (see
+// first_values_mean). Lanes across statistics: per chunk of rows (in L1/L2
+// while both passes run) a shifted sum for the mean (shift = the lane's first
+// value, so |mean| >> std loses nothing), then the centered sum of squares,
+// merged chunk by chunk, so a tall block is read from memory once.
 
 #include <limits>
 
@@ -29,34 +30,71 @@ void merge_moments(T count_a, V& mean_a, V& m2_a, T count_b, V mean_b, V m2_b) {
   m2_a = padd(m2_a, pmadd(pmul(delta, delta), splat<V>(count_a * count_b / count), m2_b));
 }
 
-// The terms of the two passes: acc + (v - shift) for the shifted mean (an
-// add, as fma(d, 1, acc): see accumulate), acc + (v - mu)^2 for M2.
-template <typename V, typename T>
-inline V shifted_term(const V& acc, const V& v, T shift) {
-  return accumulate(acc, psub(v, splat<V>(shift)));
-}
+// The terms of the centered pass: acc + (v - mu)^2.
 template <typename V, typename T>
 inline V square_term(const V& acc, const V& v, T mu) {
   const V d = psub(v, splat<V>(mu));
   return pmadd(d, d, acc);
 }
 
+// Contiguous values take one pass of shifted sums, s1 = sum (x - K) and
+// s2 = sum (x - K)^2, with K the mean of the first (up to a packet of)
+// values: then mean = K + s1/n and M2 = s2 - s1^2/n. The subtraction loses
+// log2(s2 / M2) bits, and s2 / M2 = 1 + n (mean - K)^2 / M2 is close to 1
+// unless the first values are far from the mean; when it exceeds 4 (more
+// than 2 bits) M2 is recomputed by a centered pass, so |mean| >> std, sorted
+// or adversarial inputs lose nothing either.
+template <typename T>
+T first_values_mean(const T* x, Index n) {
+  constexpr Index N = packet_size<T>;
+  if (n >= N) return predux(load(x)) / static_cast<T>(N);
+  T sum = 0;
+  for (Index i = 0; i < n; ++i) sum += x[i];
+  return sum / static_cast<T>(n);
+}
+template <typename V, typename T>
+inline void shifted_terms(const V& v, V& s1, V& s2, T shift) {
+  const V d = psub(v, splat<V>(shift));
+  s1 = accumulate(s1, d);  // an add, on the FMA pipes (see accumulate)
+  s2 = pmadd(d, d, s2);
+}
+// mean and M2 from the shifted sums; false if M2 needs the centered pass.
+template <typename T>
+bool moments_from_shifted(T shift, T s1, T s2, Index n, T& mean, T& m2) {
+  const T d = s1 / static_cast<T>(n);
+  mean = shift + d;
+  m2 = s2 - s1 * d;
+  return s2 <= T(4) * m2;  // also false for NaN
+}
+
 // mean[k], m2[k] of R rows (stride apart) of S > 0 values, one statistic per
-// row (row-major LayerNorm/RMSNorm). The shift is the row's first value, so
-// |mean| >> std loses nothing. A row's result does not depend on R.
+// row (row-major LayerNorm/RMSNorm). A row's result does not depend on R.
 template <bool Centered, int R, typename T>
 void row_moments(const T* x, Index stride, Index S, T* mean, T* m2) {
-  T mu[R] = {};
-  if constexpr (Centered) {
-    T shift[R], sum[R];
-    unrolled<R>([&](auto k) { shift[k] = x[k * stride]; });
-    sum_rows<R>(x, stride, S, [&shift](auto acc, auto v, auto k) { return shifted_term(acc, v, shift[k]); },
-                sum);
-    unrolled<R>([&](auto k) { mu[k] = shift[k] + sum[k] / static_cast<T>(S); });
+  if constexpr (!Centered) {
+    sum_rows<R>(x, stride, S, [](auto acc, auto v, auto) { return square_term(acc, v, T(0)); }, m2);
+    unrolled<R>([&](auto k) { mean[k] = T(0); });
+  } else {
+    T shift[R], s1[R], s2[R];
+    unrolled<R>([&](auto k) { shift[k] = first_values_mean(x + k * stride, S); });
+    constexpr int R2 = R < 2 ? R : 2;  // rows per sweep: 8 accumulators each
+    static_assert(R % R2 == 0, "rows go in pairs");
+    unrolled<R / R2>([&](auto pair) {
+      constexpr Index k0 = decltype(pair)::value * R2;
+      sum2_rows_with<R2>(
+          S,
+          [xp = x + k0 * stride, stride](auto k, Index i, auto as) {
+            return load_as<decltype(as)>(xp + k * stride + i);
+          },
+          [&shift](const auto& v, auto& a, auto& b, auto k) { shifted_terms(v, a, b, shift[k0 + k]); },
+          s1 + k0, s2 + k0);
+    });
+    unrolled<R>([&](auto k) {
+      if (!moments_from_shifted(shift[k], s1[k], s2[k], S, mean[k], m2[k]))
+        m2[k] = sum_run(x + k * stride, S,
+                        [mu = mean[k]](auto acc, auto v) { return square_term(acc, v, mu); });
+    });
   }
-  sum_rows<R>(x, stride, S, [&mu](auto acc, auto v, auto k) { return square_term(acc, v, mu[k]); },
-              m2);
-  unrolled<R>([&](auto k) { mean[k] = mu[k]; });
 }
 
 // mean[t], m2[t] for t < b.lanes.
@@ -68,20 +106,28 @@ void block_moments(const T* x, const Block& b, T* mean, T* m2) {
     return;
   }
   if (b.contiguous_runs()) {
-    T mu = 0;
+    // sum over the Q runs of sum_run(run, f)
+    const auto runs_sum = [&](auto f) {
+      T total = 0;
+      for (Index q = 0; q < b.Q; ++q) total += sum_run(x + q * b.q_stride, b.S, f);
+      return total;
+    };
+    mean[0] = T(0);
     if constexpr (Centered) {
-      // sum (x - shift) = sum x - m * shift: exact-enough, even for |mean| >> std.
-      const T shift = x[0];
-      T sum = 0;
-      for (Index q = 0; q < b.Q; ++q)
-        sum += sum_run(x + q * b.q_stride, b.S, [shift](auto acc, auto v) { return shifted_term(acc, v, shift); });
-      mu = shift + sum / static_cast<T>(m);
+      const T shift = first_values_mean(x, b.S);
+      T s1 = 0, s2 = 0;
+      for (Index q = 0; q < b.Q; ++q) {
+        T a, c;
+        sum2_rows_with<1>(
+            b.S, [p = x + q * b.q_stride](auto, Index i, auto as) { return load_as<decltype(as)>(p + i); },
+            [shift](const auto& v, auto& sa, auto& sb, auto) { shifted_terms(v, sa, sb, shift); }, &a,
+            &c);
+        s1 += a;
+        s2 += c;
+      }
+      if (moments_from_shifted(shift, s1, s2, m, mean[0], m2[0])) return;
     }
-    T ss = 0;
-    for (Index q = 0; q < b.Q; ++q)
-      ss += sum_run(x + q * b.q_stride, b.S, [mu](auto acc, auto v) { return square_term(acc, v, mu); });
-    mean[0] = mu;
-    m2[0] = ss;
+    m2[0] = runs_sum([mu = mean[0]](auto acc, auto v) { return square_term(acc, v, mu); });
     return;
   }
   // Lanes across statistics: per chunk of rows (in L1/L2 while both passes

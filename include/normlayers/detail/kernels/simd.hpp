@@ -123,29 +123,48 @@ T sum_run(const T* x, Index n, F f) {
   return sum;
 }
 
-// Two sums over two arrays: f(x, y, a, b, i) adds the terms of the values at
-// i (packets or scalars) into the accumulators a and b.
-template <typename T, typename F>
-void sum2_run(const T* x, const T* y, Index n, F f, T& out_a, T& out_b) {
+// Two sums per row for R rows: out_a[k], out_b[k], where in(k, i, as)
+// returns row k's inputs at i (as packets, or scalars in the tail: the type
+// of `as`) and f(in, a, b, k) adds their terms into the accumulators a and b.
+// Per row, 4 accumulator pairs per block of run_block values (8 chains of
+// additions, enough to hide their latency), block sums added in order: a
+// row's sums do not depend on R (see sum_rows). R <= 2 fits 16 registers.
+template <int R, typename T, typename In, typename F>
+void sum2_rows_with(Index n, In in, F f, T* out_a, T* out_b) {
   using P = packet_t<T>;
   constexpr Index N = packet_size<T>;
-  T ta = 0, tb = 0;
+  unrolled<R>([&](auto k) { out_a[k] = out_b[k] = T(0); });
   for (Index blk = 0; blk < n; blk += run_block) {
     const Index e = std::min(n, blk + run_block);
-    P a0 = splat<P>(T(0)), a1 = a0, b0 = a0, b1 = a0;
+    P a[R][4], b[R][4];
+    unrolled<R>([&](auto k) { unrolled<4>([&](auto j) { a[k][j] = b[k][j] = splat<P>(T(0)); }); });
     Index i = blk;
-    for (; i + 2 * N <= e; i += 2 * N) {
-      f(load(x + i), load(y + i), a0, b0, i);
-      f(load(x + i + N), load(y + i + N), a1, b1, i + N);
-    }
-    for (; i + N <= e; i += N) f(load(x + i), load(y + i), a0, b0, i);
-    T sa = 0, sb = 0;
-    for (; i < e; ++i) f(x[i], y[i], sa, sb, i);
-    ta += predux(padd(a0, a1)) + sa;
-    tb += predux(padd(b0, b1)) + sb;
+    for (; i + 4 * N <= e; i += 4 * N)
+      unrolled<R>([&](auto k) {
+        unrolled<4>([&](auto j) { f(in(k, i + j * N, P()), a[k][j], b[k][j], k); });
+      });
+    for (; i + N <= e; i += N) unrolled<R>([&](auto k) { f(in(k, i, P()), a[k][0], b[k][0], k); });
+    unrolled<R>([&](auto k) {
+      T sa = 0, sb = 0;
+      for (Index j = i; j < e; ++j) f(in(k, j, T()), sa, sb, k);
+      out_a[k] += predux(padd(padd(a[k][0], a[k][1]), padd(a[k][2], a[k][3]))) + sa;
+      out_b[k] += predux(padd(padd(b[k][0], b[k][1]), padd(b[k][2], b[k][3]))) + sb;
+    });
   }
-  out_a = ta;
-  out_b = tb;
+}
+
+// Two sums over two arrays: f(x, y, a, b) adds the terms of the values at i
+// (packets or scalars) into the accumulators a and b.
+template <typename T, typename F>
+void sum2_run(const T* x, const T* y, Index n, F f, T& out_a, T& out_b) {
+  sum2_rows_with<1>(
+      n,
+      [x, y](auto, Index i, auto as) {
+        using V = decltype(as);
+        return std::pair<V, V>(load_as<V>(x + i), load_as<V>(y + i));
+      },
+      [&f](const auto& xy, auto& a, auto& b, auto) { f(xy.first, xy.second, a, b); }, &out_a,
+      &out_b);
 }
 
 // Outputs of more values than this (16 MiB of float) are written with
