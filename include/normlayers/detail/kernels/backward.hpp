@@ -9,6 +9,11 @@
 #include <normlayers/detail/kernels/affine.hpp>
 #include <normlayers/detail/kernels/reduce.hpp>
 
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12  // see simd.hpp
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 namespace normlayers::detail::kernels {
 
 // Rows of one statistic each (row-major LayerNorm/RMSNorm), R rows `stride`
@@ -223,3 +228,7 @@ void backward_apply_block(const T* x, const T* dy, T* dx, const Block& b, const 
 }
 
 }  // namespace normlayers::detail::kernels
+
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
+#pragma GCC diagnostic pop
+#endif

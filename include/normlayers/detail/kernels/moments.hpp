@@ -14,6 +14,11 @@
 
 #include <normlayers/detail/kernels/reduce.hpp>
 
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12  // see simd.hpp
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 namespace normlayers::detail::kernels {
 
 // Merges the moments of a second part (count_b values, mean_b, m2_b) into
@@ -177,3 +182,7 @@ void block_moments(const T* x, const Block& b, T* mean, T* m2) {
 }
 
 }  // namespace normlayers::detail::kernels
+
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
+#pragma GCC diagnostic pop
+#endif

@@ -6,6 +6,11 @@
 #include <normlayers/detail/kernels/affine.hpp>
 #include <normlayers/detail/kernels/reduce.hpp>
 
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12  // see simd.hpp
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 namespace normlayers::detail::kernels {
 
 // Norms whose affine parameters run along the reduced axis (LayerNorm,
@@ -83,3 +88,7 @@ void normalize_block_per_stat(const T* x, T* y, const Block& b, const T* mean, c
 }
 
 }  // namespace normlayers::detail::kernels
+
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
+#pragma GCC diagnostic pop
+#endif

@@ -20,6 +20,11 @@
 
 #include <normlayers/detail/kernels/simd.hpp>
 
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12  // see simd.hpp
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 namespace normlayers::detail::kernels {
 
 // lanes statistics side by side; consecutive rows are row_stride apart (the
@@ -213,3 +218,7 @@ void map2_block(const T* x, const T* y, T* out, const Block& b, F f, Make make) 
 }
 
 }  // namespace normlayers::detail::kernels
+
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
+#pragma GCC diagnostic pop
+#endif
