@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <normlayers/detail/kernels/backward.hpp>
@@ -143,6 +145,46 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
                                  stats_var, mean_out, var_out, rstd_out);
     return;
   }
+  // Writes statistic c's outputs and returns its scale and shift.
+  const auto finish = [&](Index c, Acc mean, Acc var) {
+    const Acc rstd = Acc(1) / std::sqrt(var + eps);
+    mean_out[c] = mean;
+    var_out[c] = var;
+    rstd_out[c] = rstd;
+    return std::pair<Acc, Acc>(rstd * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1)),
+                               beta ? static_cast<Acc>(beta[c]) : Acc(0));
+  };
+  if (v.T == 1 && v.Q > 1 && batch_stats) {
+    // Statistics of several contiguous runs (BatchNorm channels-first: N
+    // runs of H*W per channel): each block's one-pass sums read it while the
+    // previous block, now in cache, is normalized in the same sweep, so the
+    // memory reads of one block overlap the writes of the other (one after
+    // the other, the read sweep leaves the writes idle and then waits for
+    // them). Measured 32x64x56x56: 0.64-0.73 -> 0.74-0.84 of a memcpy. Not
+    // for one run per statistic (InstanceNorm): 0.80-0.83 -> 0.73-0.79.
+    const kernels::Block b{v.Q, v.S, 1, v.q_stride(), 1, v.streams_output()};
+    par.for_ranges(v.P * v.R, double(v.Q * v.S) * 8.0, [&](Index first, Index last) {
+      Acc mean = 0, m2 = 0;
+      std::pair<Acc, Acc> affine;
+      const auto offset = [&](Index block) { return v.block_offset(block / v.R, block % v.R); };
+      for (Index block = first; block < last; ++block) {
+        const Index o = offset(block);
+        const auto sums =
+            block == first
+                ? kernels::runs_shifted_sums(x + o, b, kernels::nothing_else)
+                : kernels::runs_shifted_sums(
+                      x + o, b,
+                      kernels::per_stat_apply_at(x + offset(block - 1), y + offset(block - 1),
+                                                 b.stream, mean, affine.first, affine.second));
+        kernels::runs_moments(x + o, b, sums, &mean, &m2);
+        affine = finish(block, mean, m2 / static_cast<Acc>(b.reduced()));
+      }
+      kernels::normalize_block_per_stat(x + offset(last - 1), y + offset(last - 1), b, &mean,
+                                        &affine.first, &affine.second);
+      if (b.stream) kernels::streaming_fence();
+    });
+    return;
+  }
   struct State {
     std::vector<Acc> mean, var, scale, shift;
   };
@@ -158,15 +200,8 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
         st.var[t] = static_cast<Acc>(stats_var[stat + Index(t)]);
       }
     }
-    for (std::size_t t = 0; t < std::size_t(b.lanes); ++t) {
-      const Index c = stat + Index(t);
-      const Acc rstd = Acc(1) / std::sqrt(st.var[t] + eps);
-      st.scale[t] = rstd * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1));
-      st.shift[t] = beta ? static_cast<Acc>(beta[c]) : Acc(0);
-      mean_out[c] = st.mean[t];
-      var_out[c] = st.var[t];
-      rstd_out[c] = rstd;
-    }
+    for (std::size_t t = 0; t < std::size_t(b.lanes); ++t)
+      std::tie(st.scale[t], st.shift[t]) = finish(stat + Index(t), st.mean[t], st.var[t]);
     kernels::normalize_block_per_stat(x + offset, y + offset, b, st.mean.data(), st.scale.data(),
                                       st.shift.data());
   });

@@ -102,6 +102,52 @@ void row_moments(const T* x, Index stride, Index S, T* mean, T* m2) {
   }
 }
 
+// The moments of a block of contiguous runs in two steps, so that a sweep
+// over another block can ride along the read (see channel_norm_forward):
+// runs_shifted_sums reads the block once, calling also(o, as) at every
+// offset o of the block as it passes it (a packet or, in tails, a scalar
+// position: the type of `as`); runs_moments finishes the moments from the
+// sums (with the centered pass when they cancel, see first_values_mean).
+template <typename T>
+struct ShiftedSums {
+  T shift = 0, s1 = 0, s2 = 0;
+};
+template <typename T, typename Also>
+ShiftedSums<T> runs_shifted_sums(const T* x, const Block& b, Also also) {
+  ShiftedSums<T> sums;
+  sums.shift = first_values_mean(x, b.S);
+  for (Index q = 0; q < b.Q; ++q) {
+    T a, c;
+    const Index o = q * b.q_stride;
+    sum2_rows_with<1>(
+        b.S,
+        [p = x + o, o, &also](auto, Index i, auto as) {
+          also(o + i, as);
+          return load_as<decltype(as)>(p + i);
+        },
+        [shift = sums.shift](const auto& v, auto& sa, auto& sb, auto) { shifted_terms(v, sa, sb, shift); },
+        &a, &c);
+    sums.s1 += a;
+    sums.s2 += c;
+  }
+  return sums;
+}
+// sum (x - mu)^2 over the block's runs.
+template <typename T>
+T runs_squares(const T* x, const Block& b, T mu) {
+  T ss = 0;
+  for (Index q = 0; q < b.Q; ++q)
+    ss += sum_run(x + q * b.q_stride, b.S, [mu](auto acc, auto v) { return square_term(acc, v, mu); });
+  return ss;
+}
+template <typename T>
+void runs_moments(const T* x, const Block& b, const ShiftedSums<T>& sums, T* mean, T* m2) {
+  if (!moments_from_shifted(sums.shift, sums.s1, sums.s2, b.reduced(), mean[0], m2[0]))
+    m2[0] = runs_squares(x, b, mean[0]);
+}
+// The `also` of a sweep that has nothing riding along.
+inline constexpr auto nothing_else = [](Index, auto) {};
+
 // mean[t], m2[t] for t < b.lanes.
 template <bool Centered, typename T>
 void block_moments(const T* x, const Block& b, T* mean, T* m2) {
@@ -111,28 +157,12 @@ void block_moments(const T* x, const Block& b, T* mean, T* m2) {
     return;
   }
   if (b.contiguous_runs()) {
-    // sum over the Q runs of sum_run(run, f)
-    const auto runs_sum = [&](auto f) {
-      T total = 0;
-      for (Index q = 0; q < b.Q; ++q) total += sum_run(x + q * b.q_stride, b.S, f);
-      return total;
-    };
-    mean[0] = T(0);
     if constexpr (Centered) {
-      const T shift = first_values_mean(x, b.S);
-      T s1 = 0, s2 = 0;
-      for (Index q = 0; q < b.Q; ++q) {
-        T a, c;
-        sum2_rows_with<1>(
-            b.S, [p = x + q * b.q_stride](auto, Index i, auto as) { return load_as<decltype(as)>(p + i); },
-            [shift](const auto& v, auto& sa, auto& sb, auto) { shifted_terms(v, sa, sb, shift); }, &a,
-            &c);
-        s1 += a;
-        s2 += c;
-      }
-      if (moments_from_shifted(shift, s1, s2, m, mean[0], m2[0])) return;
+      runs_moments(x, b, runs_shifted_sums(x, b, nothing_else), mean, m2);
+    } else {
+      mean[0] = T(0);
+      m2[0] = runs_squares(x, b, T(0));
     }
-    m2[0] = runs_sum([mu = mean[0]](auto acc, auto v) { return square_term(acc, v, mu); });
     return;
   }
   // Lanes across statistics: per chunk of rows (in L1/L2 while both passes

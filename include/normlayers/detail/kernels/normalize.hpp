@@ -65,6 +65,24 @@ void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, Index stri
   });
 }
 
+// normalize_block_per_stat's map for one statistic of contiguous runs, as a
+// functor of an offset o in the block and the value type (a packet or a
+// scalar, the type of `as`): what rides along runs_shifted_sums, which
+// normalizes one block while it reads the next. Aligned packets are streamed
+// when `stream`.
+template <typename T>
+auto per_stat_apply_at(const T* x, T* y, bool stream, T mean, T scale, T shift) {
+  return [=](Index o, auto as) {
+    using V = decltype(as);
+    const V v = pmadd(psub(load_as<V>(x + o), splat<V>(mean)), splat<V>(scale), splat<V>(shift));
+    if constexpr (!std::is_same_v<V, T>) {
+      if (stream && reinterpret_cast<std::uintptr_t>(y + o) % sizeof(V) == 0)
+        return store_streaming(y + o, v);
+    }
+    store_as(y + o, v);
+  };
+}
+
 // Norms whose affine map is constant over each statistic (BatchNorm,
 // InstanceNorm, GroupNorm's apply): over one block,
 //   y = (x - mean[t]) * scale[t] + shift[t]
