@@ -164,6 +164,13 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
   std::vector<Acc> dgamma(weight_grad ? n * std::size_t(items) : 0, Acc(0));
   std::vector<Acc> dbeta(bias_grad ? n * std::size_t(items) : 0, Acc(0));
   const double bytes_per_item = double(chunk_rows * v.S * std::min(v.T, lane_piece)) * 12.0;
+  // Larger tensors too take rows together in the backward when rows are long
+  // (measured, -march=native: 4096x4096 0.37-0.39 -> 0.49-0.53 of a memcpy,
+  // 2048x2048 0.28 -> 0.34), but not short rows (8192x1024 0.44-0.48 ->
+  // 0.39-0.41, 8192x768 0.62 -> 0.47: R rows of one page or less are R
+  // streams the prefetchers keep losing).
+  const bool backward_rows_at_once =
+      v.size() <= rows_at_once_max_values || double(v.S) * sizeof(T) >= 8192.0;
   par.for_ranges(items, bytes_per_item, [&](Index first, Index last) {
     std::vector<Acc> scratch(static_cast<std::size_t>(4 * std::min(v.T, lane_piece)));
     for (Index item = first; item < last; ++item) {
@@ -173,7 +180,8 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
       Acc* db = bias_grad ? dbeta.data() + std::size_t(item) * n : nullptr;
       const Index end = std::min(v.P, (c + 1) * chunk_rows);
       if (v.T == 1) {  // rows of one statistic each, several per sweep
-        kernels::for_each_row_group(c * chunk_rows, end, true, [&](Index row, auto count) {
+        kernels::for_each_row_group(c * chunk_rows, end, backward_rows_at_once,
+                                    [&](Index row, auto count) {
           const Index offset = v.block_offset(row, 0);
           kernels::backward_rows_affine_s<Centered, decltype(count)::value>(
               x + offset, dy + offset, dx + offset, v.S, v.S, v.streams_output(),
