@@ -36,9 +36,14 @@ void merge_moments(T count_a, V& mean_a, V& m2_a, T count_b, V mean_b, V m2_b) {
 }
 
 // The terms of the centered pass: acc + (v - mu)^2.
-template <typename V, typename T>
-inline V square_term(const V& acc, const V& v, T mu) {
-  const V d = psub(v, splat<V>(mu));
+template <typename V, typename S>  // S: the scalar mean, or a V of means
+inline V square_term(const V& acc, const V& v, const S& mu) {
+  V d;
+  if constexpr (std::is_same_v<S, V>) {
+    d = psub(v, mu);
+  } else {
+    d = psub(v, splat<V>(mu));
+  }
   return pmadd(d, d, acc);
 }
 
@@ -57,9 +62,14 @@ T first_values_mean(const T* x, Index n) {
   for (Index i = 0; i < n; ++i) sum += x[i];
   return sum / static_cast<T>(n);
 }
-template <typename V, typename T>
-inline void shifted_terms(const V& v, V& s1, V& s2, T shift) {
-  const V d = psub(v, splat<V>(shift));
+template <typename V, typename S>  // S: the scalar shift, or a V of shifts
+inline void shifted_terms(const V& v, V& s1, V& s2, const S& shift) {
+  V d;
+  if constexpr (std::is_same_v<S, V>) {
+    d = psub(v, shift);
+  } else {
+    d = psub(v, splat<V>(shift));
+  }
   s1 = accumulate(s1, d);  // an add, on the FMA pipes (see accumulate)
   s2 = pmadd(d, d, s2);
 }
@@ -165,34 +175,50 @@ void block_moments(const T* x, const Block& b, T* mean, T* m2) {
     }
     return;
   }
-  // Lanes across statistics: per chunk of rows (in L1/L2 while both passes
-  // run), the chunk's mean (shifted by its first row) and centered M2 in
-  // registers, merged into the running moments in chunk order.
+  // Lanes across statistics, per chunk of rows (in L1/L2 while it is read)
+  // and strip of lanes, accumulators in registers; each chunk's moments
+  // merge into the running ones in order. The first chunk takes two passes
+  // (a sum shifted by its first row, then the centered squares); later
+  // chunks one pass of sums shifted by the running mean K. That cannot lose
+  // precision: the chunk's M2 = s2 - s1^2/n errs by ~eps * s2 = eps * (M2_c +
+  // n_c (mean_c - K)^2), and the merge adds n_a n_c / (n_a + n_c) (mean_c -
+  // K)^2 >= n_c (mean_c - K)^2 / 2 (n_a >= n_c) to the total, so the error
+  // stays within ~2 eps of the total M2 however far the chunk's mean moved.
   Index count = 0;
   for_each_row_chunk(b, [&](auto rows, Index n, Index first) {
     for_each_strip<T, vector_registers / 4>(b.lanes, [&](Index t0, auto k, auto as) {
       using V = decltype(as);
       constexpr int K = decltype(k)::value;
       constexpr Index W = width_of<V, T>;
+      const auto at = [&](Index row, Index i) { return load_as<V>(x + row + t0 + i * W); };
+      const V inv_n = splat<V>(T(1) / static_cast<T>(n));
       V mu[K], ss[K];
-      unrolled<K>([&](auto i) { mu[i] = ss[i] = splat<V>(T(0)); });
-      if constexpr (Centered) {
+      if (Centered && count > 0) {  // one pass: s1 in mu, s2 in ss, then the moments
         V shift[K];
-        unrolled<K>([&](auto i) { shift[i] = load_as<V>(x + first + t0 + i * W); });
-        rows([&](Index row) {
-          unrolled<K>([&](auto i) {
-            mu[i] = accumulate(mu[i], psub(load_as<V>(x + row + t0 + i * W), shift[i]));
-          });
-        });
-        const V inv_n = splat<V>(T(1) / static_cast<T>(n));
-        unrolled<K>([&](auto i) { mu[i] = pmadd(mu[i], inv_n, shift[i]); });
-      }
-      rows([&](Index row) {
         unrolled<K>([&](auto i) {
-          const V d = psub(load_as<V>(x + row + t0 + i * W), mu[i]);
-          ss[i] = pmadd(d, d, ss[i]);
+          shift[i] = load_as<V>(mean + t0 + i * W);
+          mu[i] = ss[i] = splat<V>(T(0));
         });
-      });
+        rows([&](Index row) {
+          unrolled<K>([&](auto i) { shifted_terms(at(row, i), mu[i], ss[i], shift[i]); });
+        });
+        unrolled<K>([&](auto i) {
+          const V s1 = mu[i], d = pmul(s1, inv_n);
+          mu[i] = padd(shift[i], d);
+          ss[i] = psub(ss[i], pmul(s1, d));
+        });
+      } else {
+        unrolled<K>([&](auto i) { mu[i] = ss[i] = splat<V>(T(0)); });
+        if constexpr (Centered) {
+          V shift[K];
+          unrolled<K>([&](auto i) { shift[i] = at(first, i); });
+          rows([&](Index row) {
+            unrolled<K>([&](auto i) { mu[i] = accumulate(mu[i], psub(at(row, i), shift[i])); });
+          });
+          unrolled<K>([&](auto i) { mu[i] = pmadd(mu[i], inv_n, shift[i]); });
+        }
+        rows([&](Index row) { unrolled<K>([&](auto i) { ss[i] = square_term(ss[i], at(row, i), mu[i]); }); });
+      }
       unrolled<K>([&](auto i) {
         T* mean_t = mean + t0 + i * W;
         T* m2_t = m2 + t0 + i * W;
