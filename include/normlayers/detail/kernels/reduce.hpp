@@ -103,6 +103,9 @@ void for_each_strip(Index lanes, F strip) {
   Index t = 0;
   if constexpr (N > 1) {
     for (; t + MaxK * N <= lanes; t += MaxK * N) strip(t, std::integral_constant<int, MaxK>(), P());
+    if constexpr (MaxK >= 16) {
+      if (t + 8 * N <= lanes) strip(t, std::integral_constant<int, 8>(), P()), t += 8 * N;
+    }
     if constexpr (MaxK >= 8) {
       if (t + 4 * N <= lanes) strip(t, std::integral_constant<int, 4>(), P()), t += 4 * N;
     }
@@ -188,6 +191,14 @@ void map_lanes(T* out, const Block& b, Make make, const In*... in) {
   });
 }
 
+// The lane maps (apply passes) run in strips of up to 16 packets on ISAs
+// with 32 vector registers, though their functors' constants (3 or 5 per
+// packet) then partly live in L1 rather than in registers: a strip's run of
+// 1 KiB per row visit pays more (measured, AVX-512, fraction of a memcpy,
+// against 8 and 4 packets: BatchNorm 256x1024 forward 0.40-0.43 -> 0.50-0.55,
+// backward 0.41-0.46 -> 0.53-0.57; channels-last GroupNorm 8x320x32x32 the
+// same within noise). With 16 registers, the strips whose constants fit.
+//
 // out[i] = f(x[i]) for every value of the block. With contiguous runs of one
 // statistic f is used as is; otherwise make(t, as)
 // returns the f of lanes t.. (see map_lanes).
@@ -200,7 +211,7 @@ void map_block(const T* x, T* out, const Block& b, F f, Make make) {
     }
     return;
   }
-  map_lanes<T, vector_registers / 4>(out, b, make, x);
+  map_lanes<T, vector_registers >= 32 ? 16 : vector_registers / 4>(out, b, make, x);
 }
 
 // out[i] = f(x[i], y[i]): map_block over two inputs.
@@ -214,13 +225,7 @@ void map2_block(const T* x, const T* y, T* out, const Block& b, F f, Make make) 
     }
     return;
   }
-  // Its functors hold 5 constants per packet (the backward apply): with 32
-  // registers still 8 packets a strip, some constants read from L1 rather
-  // than held, since longer runs per row pay more (measured, AVX-512:
-  // BatchNorm 256x1024 backward 0.32-0.35 -> 0.41-0.45 of a memcpy, channels-
-  // last GroupNorm 8x320x32x32 0.24-0.28 -> 0.29-0.30); else 2 packets.
-  map_lanes<T, vector_registers >= 32 ? vector_registers / 4 : vector_registers / 8>(out, b, make,
-                                                                                    x, y);
+  map_lanes<T, vector_registers >= 32 ? 16 : vector_registers / 8>(out, b, make, x, y);
 }
 
 }  // namespace normlayers::detail::kernels
