@@ -89,48 +89,6 @@ inline void unrolled(F f) {
   unrolled_impl(f, std::make_index_sequence<std::size_t(K)>());
 }
 
-// sums[k] = the sum over i < n of the terms of x[k * stride + i], for R rows:
-// f(acc, v, k) returns acc plus the terms of v (a packet, or a scalar in the
-// tail) of row k (an integral_constant). Per row, 4 packet accumulators per
-// block of run_block values, block sums added in order: the order depends
-// only on n, never on R or threads, so a row's sum is bitwise the same
-// whichever rows run beside it. R rows at once give the core R times the
-// independent additions to overlap (short rows are otherwise latency-bound).
-template <int R, typename T, typename F>
-void sum_rows(const T* x, Index stride, Index n, F f, T* sums) {
-  using P = packet_t<T>;
-  constexpr Index N = packet_size<T>;
-  unrolled<R>([&](auto k) { sums[k] = T(0); });
-  for (Index b = 0; b < n; b += run_block) {
-    const Index e = std::min(n, b + run_block);
-    P a0[R], a1[R], a2[R], a3[R];
-    unrolled<R>([&](auto k) { a0[k] = a1[k] = a2[k] = a3[k] = splat<P>(T(0)); });
-    Index i = b;
-    for (; i + 4 * N <= e; i += 4 * N)
-      unrolled<R>([&](auto k) {
-        const T* xk = x + k * stride + i;
-        a0[k] = f(a0[k], load(xk), k);
-        a1[k] = f(a1[k], load(xk + N), k);
-        a2[k] = f(a2[k], load(xk + 2 * N), k);
-        a3[k] = f(a3[k], load(xk + 3 * N), k);
-      });
-    for (; i + N <= e; i += N) unrolled<R>([&](auto k) { a0[k] = f(a0[k], load(x + k * stride + i), k); });
-    unrolled<R>([&](auto k) {
-      T tail = 0;
-      for (Index j = i; j < e; ++j) tail = f(tail, x[k * stride + j], k);
-      sums[k] += predux(padd(padd(a0[k], a1[k]), padd(a2[k], a3[k]))) + tail;
-    });
-  }
-}
-
-// sum over i < n of the terms of x[i] (sum_rows of one row; f(acc, v)).
-template <typename T, typename F>
-T sum_run(const T* x, Index n, F f) {
-  T sum;
-  sum_rows<1>(x, 0, n, [&f](auto acc, auto v, auto) { return f(acc, v); }, &sum);
-  return sum;
-}
-
 // Two sums per row for R rows: out_a[k], out_b[k], where in(k, i, as)
 // returns row k's inputs at i (as packets, or scalars in the tail: the type
 // of `as`) and f(in, a, b, k) adds their terms into the accumulators a and b.
@@ -159,6 +117,27 @@ void sum2_rows_with(Index n, In in, F f, T* out_a, T* out_b) {
       out_b[k] += predux(padd(padd(b[k][0], b[k][1]), padd(b[k][2], b[k][3]))) + sb;
     });
   }
+}
+
+// sums[k] = the sum over i < n of the terms of x[k * stride + i], for R rows:
+// f(acc, v, k) returns acc plus the terms of v (a packet, or a scalar in the
+// tail) of row k: sum2_rows_with with one sum (the other's accumulators are
+// dead code). R rows at once give the core R times the independent
+// additions to overlap (short rows are otherwise latency-bound).
+template <int R, typename T, typename F>
+void sum_rows(const T* x, Index stride, Index n, F f, T* sums) {
+  T unused[R];
+  sum2_rows_with<R>(
+      n, [x, stride](auto k, Index i, auto as) { return load_as<decltype(as)>(x + k * stride + i); },
+      [&f](const auto& v, auto& a, auto&, auto k) { a = f(a, v, k); }, sums, unused);
+}
+
+// sum over i < n of the terms of x[i] (sum_rows of one row; f(acc, v)).
+template <typename T, typename F>
+T sum_run(const T* x, Index n, F f) {
+  T sum;
+  sum_rows<1>(x, 0, n, [&f](auto acc, auto v, auto) { return f(acc, v); }, &sum);
+  return sum;
 }
 
 // Two sums over two arrays: f(x, y, a, b) adds the terms of the values at i
