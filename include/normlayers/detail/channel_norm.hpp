@@ -210,13 +210,13 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
 // The state of blocks that need none.
 inline int no_state() { return 0; }
 
-// Per statistic mean and biased variance (GroupNorm's statistics step).
+// Per statistic mean and M2 = sum (x - mean)^2 (GroupNorm's statistics step,
+// which merges them per group).
 template <typename T, typename Acc>
-void stat_moments(const View& v, const Parallel& par, const T* x, Acc* mean, Acc* var) {
+void stat_moments(const View& v, const Parallel& par, const T* x, Acc* mean, Acc* m2) {
   for_each_stat_block(v, par, no_state,
                       [&](int, Index offset, Index stat, const kernels::Block& b) {
-                        kernels::block_moments<true>(x + offset, b, mean + stat, var + stat);
-                        for (Index t = 0; t < b.lanes; ++t) var[stat + t] /= static_cast<Acc>(b.reduced());
+                        kernels::block_moments<true>(x + offset, b, mean + stat, m2 + stat);
                       });
 }
 

@@ -252,7 +252,6 @@ void group_norm_forward_run(const GroupGeometry& g, const Parallel& par, const T
   std::vector<Acc> m(n), m2(n);
   stat_moments(g.inst.view, par, x, m.data(), m2.data());
   const Acc count = static_cast<Acc>(g.inst.count);
-  for (std::size_t s = 0; s < n; ++s) m2[s] *= count;  // variance -> M2
   for (Index ns = 0; ns < g.inst.batch; ++ns)
     for (Index grp = 0; grp < g.groups; ++grp) {
       // The group's first (n, c) statistic and the distance between its channels.

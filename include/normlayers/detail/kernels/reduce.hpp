@@ -67,18 +67,13 @@ void for_each_row_chunk(const Block& b, F f) {
   }
 }
 
-// Lanes are processed in strips of K packets whose per-lane constants and
-// accumulators stay in registers while the strip runs down every row: K is
-// the largest power of two <= MaxK that fits, then the scalar lanes left
-// over run one at a time. strip(t0, k, as) gets the strip's first lane, k =
-// std::integral_constant<int, K> and `as` = a V (packet_t<T>, or T for a
-// scalar lane) to tell the value type.
+// Vector registers of the ISA compiled for (16 or 32 on x86-64).
 inline constexpr int vector_registers = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS;
 
-// Rows of one statistic each (row-major LayerNorm/RMSNorm, GroupNorm's
-// channels) that one kernel call takes together, registers allowing: their
-// independent sums overlap (short rows are otherwise latency-bound) and
-// what the rows share (parameters, their gradients) is loaded once per call.
+// Rows of one statistic each (row-major LayerNorm/RMSNorm) that one kernel
+// call takes together, registers allowing: their independent sums overlap
+// (short rows are otherwise latency-bound) and what the rows share
+// (parameters, their gradients) is loaded once per call.
 inline constexpr int rows_at_once = vector_registers >= 32 ? 4 : 2;
 
 // Calls f(row, std::integral_constant<int, R>) for rows [first, last):
@@ -93,9 +88,16 @@ void for_each_row_group(Index first, Index last, bool at_once, F f) {
   for (; row < last; ++row) f(row, std::integral_constant<int, 1>());
 }
 
+// Values per V: a packet's width, or 1 for a scalar lane.
 template <typename V, typename T>
 inline constexpr Index width_of = std::is_same_v<V, T> ? 1 : packet_size<T>;
 
+// Lanes are processed in strips of K packets whose per-lane constants and
+// accumulators stay in registers while the strip runs down every row: K is
+// the largest power of two <= MaxK that fits, then the scalar lanes left
+// over run one at a time. strip(t0, k, as) gets the strip's first lane, k =
+// std::integral_constant<int, K> and `as` = a V (packet_t<T>, or T for a
+// scalar lane) to tell the value type.
 template <typename T, int MaxK, typename F>
 void for_each_strip(Index lanes, F strip) {
   using P = packet_t<T>;
