@@ -170,7 +170,9 @@ void merge_group_moments(Index D, Acc count, const Acc* m, const Acc* m2, Index 
 // Channels-first row-major GroupNorm: the D channels of a group are D
 // consecutive rows of the per-(n, c) view, D*HW contiguous values that stay in
 // cache, so each group is reduced and normalized (or backpropagated) in one
-// visit, groups spread over threads.
+// visit, groups spread over threads. (The group's moments then come from its
+// values directly, not merged from its channels' as in the general path: the
+// two agree to rounding.)
 inline bool groups_are_contiguous(const GroupGeometry& g) {
   const View& v = g.inst.view;
   return g.inst.row_major && g.inst.axis == 1 && v.Q == 1 && v.R == 1 && v.T == 1;
@@ -181,14 +183,16 @@ void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const
                               const P* gamma, const P* beta, Acc eps, Acc* mean, Acc* rstd) {
   const Index hw = g.inst.count, D = g.group_size;
   const kernels::Block run{1, hw, 1, 0, 1, g.inst.view.streams_output()};
+  // The group's moments as those of one run of D*hw values (one pass of
+  // shifted sums, see first_values_mean): per channel, the setup and final
+  // reductions of D short runs cost more than the sums themselves (measured,
+  // AVX-512, 8x320x32x32 forward: 0.49-0.51 -> 0.61-0.64 of a memcpy,
+  // 8x128x16x16 0.29 -> 0.53).
+  const kernels::Block group{1, D * hw, 1, 0, 1, run.stream};
   par.for_ranges(g.num_group_stats(), double(D * hw) * 8.0, [&](Index first, Index last) {
-    std::vector<Acc> m(static_cast<std::size_t>(D)), m2(m.size());
     for (Index gs = first; gs < last; ++gs) {  // gs = n*G + grp, rows gs*D .. gs*D + D - 1
-      for (Index d = 0; d < D; ++d)
-        kernels::block_moments<true>(x + (gs * D + d) * hw, run, &m[std::size_t(d)],
-                                     &m2[std::size_t(d)]);
       Acc gm = 0, gm2 = 0;
-      merge_group_moments(D, static_cast<Acc>(hw), m.data(), m2.data(), 1, gm, gm2);
+      kernels::block_moments<true>(x + gs * D * hw, group, &gm, &gm2);
       const Acc r = Acc(1) / std::sqrt(gm2 / static_cast<Acc>(g.count) + eps);
       mean[gs] = gm;
       rstd[gs] = r;
