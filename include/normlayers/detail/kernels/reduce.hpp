@@ -51,13 +51,19 @@ void for_each_row_chunk(const Block& b, F f) {
   for (Index done = 0; done < total; done += row_block) {
     const Index n = std::min(row_block, total - done);
     const Index q0 = q, s0 = s;
-    // By value: the kernels' stores cannot alias what the loop reads.
+    // By value: the kernels' stores cannot alias what the loop reads. The
+    // offset is stepped, not recomputed: with narrow rows (64 channels, 4
+    // packets) the per-row multiplies cost (channels-last BatchNorm
+    // 32x64x56x56 eval 0.90-0.96 -> 1.06-1.21 of a memcpy, forward 0.45-0.55
+    // -> 0.56-0.60).
     const auto rows = [S = b.S, q_stride = b.q_stride, row_stride = b.row_stride, n, q0,
                        s0](auto g) {
-      Index qq = q0, ss = s0;
+      Index o = q0 * q_stride + s0 * row_stride, ss = s0;
+      const Index wrap = q_stride - S * row_stride;
       for (Index i = 0; i < n; ++i) {
-        g(qq * q_stride + ss * row_stride);
-        if (++ss == S) ss = 0, ++qq;
+        g(o);
+        o += row_stride;
+        if (++ss == S) ss = 0, o += wrap;
       }
     };
     f(rows, n, b.row(q0, s0));
