@@ -21,7 +21,7 @@
 //   roofline  its bytes/s over the bytes/s of a memcpy moving the same accounted
 //             bytes (same working set) on the same number of threads (t2: the
 //             copy split in two halves, one on a pool thread, one on the calling
-//             thread), measured once per (bytes, threads) in this process;
+//             thread), measured right before and right after the case;
 //   vs_<b>    (ours only) time of baseline <b> / our time, for each baseline that
 //             ran earlier in this process (baselines are registered first).
 // After the run a Markdown table and a targets section (our t1 roofline against
@@ -229,19 +229,26 @@ struct CopyBuffers {
 };
 
 // Bytes/s (read + write counted) of a memcpy of this working set on `threads`
-// threads, measured once per (size, threads): the median of 7 timed runs of
-// >= 25 ms. Not the best: bandwidth on these shared hosts drifts by 10-20 %
-// between such runs, so a best-of reference reads ~0.85 against benchmark's own
-// mean-over-a-run timing of the very same memcpy, where the median reads ~1.
+// threads: the median of 3 timed runs of >= 20 ms, measured anew when the last
+// measurement of this (bytes, threads) is older than 0.1 s. measure() takes
+// one right before and one right after each case's timed loop and uses their
+// mean: bandwidth on these shared hosts drifts by 10-30 % over seconds, so a
+// reference measured once per size, cases earlier, skewed whole groups of
+// ratios. (The median, not the best: a best-of reference reads ~0.85 against
+// benchmark's own mean-over-a-run timing of the very same memcpy, where the
+// median reads ~1.)
 double memcpy_bytes_per_second(std::int64_t accounted_bytes, int threads) {
-  static std::map<std::pair<std::int64_t, int>, double> cache;
-  double& bandwidth = cache[{accounted_bytes, threads}];
-  if (bandwidth > 0) return bandwidth;
+  using clock = std::chrono::steady_clock;
+  static std::map<std::pair<std::int64_t, int>, std::pair<clock::time_point, double>> recent;
+  const auto key = std::make_pair(accounted_bytes, threads);
+  const auto found = recent.find(key);
+  if (found != recent.end() &&
+      std::chrono::duration<double>(clock::now() - found->second.first).count() < 0.1)
+    return found->second.second;
   CopyBuffers buffers(accounted_bytes);
   buffers.copy(threads);
-  using clock = std::chrono::steady_clock;
   std::vector<double> runs;
-  for (int run = 0; run < 7; ++run) {
+  for (int run = 0; run < 3; ++run) {
     std::int64_t copies = 0;
     double seconds = 0;
     const auto start = clock::now();
@@ -250,11 +257,12 @@ double memcpy_bytes_per_second(std::int64_t accounted_bytes, int threads) {
       benchmark::ClobberMemory();
       ++copies;
       seconds = std::chrono::duration<double>(clock::now() - start).count();
-    } while (seconds < 0.025);
+    } while (seconds < 0.020);
     runs.push_back(double(copies) * double(accounted_bytes) / seconds);
   }
-  std::nth_element(runs.begin(), runs.begin() + 3, runs.end());
-  return bandwidth = runs[3];
+  std::nth_element(runs.begin(), runs.begin() + 1, runs.end());
+  recent[key] = {clock::now(), runs[1]};
+  return runs[1];
 }
 
 // ---------------------------------------------------------------- timing
@@ -290,6 +298,7 @@ const std::vector<Baseline>& baselines();
 template <class Step>
 void measure(benchmark::State& st, std::int64_t bytes, int threads, Step&& step,
              const std::string& speedups_of = {}) {
+  const double before = memcpy_bytes_per_second(bytes, threads);
   const auto start = std::chrono::steady_clock::now();
   for (auto _ : st) {
     benchmark::DoNotOptimize(step());
@@ -298,9 +307,9 @@ void measure(benchmark::State& st, std::int64_t bytes, int threads, Step&& step,
   const double seconds_per_iter =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() /
       double(st.iterations());
+  const double after = memcpy_bytes_per_second(bytes, threads);
   st.SetBytesProcessed(st.iterations() * bytes);
-  st.counters["roofline"] =
-      double(bytes) / seconds_per_iter / memcpy_bytes_per_second(bytes, threads);
+  st.counters["roofline"] = double(bytes) / seconds_per_iter / ((before + after) / 2);
   if (speedups_of.empty()) return;
   for (const Baseline& b : baselines())
     if (const Result* r = find_result(speedups_of + "/" + b.suffix))
