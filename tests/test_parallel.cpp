@@ -118,7 +118,10 @@ TEST(Parallel, BatchNormTrainEvalAndChannelsLast) {
           o.channels_last = last;
           nl::BatchNorm<double> bn(10, o);
           test::set_random_params(bn, 3);
-          if (!train) bn.eval();
+          if (!train) {
+            test::set_random_running_stats(bn, 7);
+            bn.eval();
+          }
           return bn;
         });
       }
@@ -143,6 +146,18 @@ TEST(Parallel, GroupNormAndInstanceNorm) {
         o.affine = true;
         nl::InstanceNorm<double> in(8, o);
         test::set_random_params(in, 5);
+        return in;
+      });
+      // Eval with running statistics: one elementwise pass over the input.
+      expect_same_for_any_thread_count<L>(dims, [=] {
+        nl::InstanceNormOptions o;
+        o.channels_last = last;
+        o.affine = true;
+        o.track_running_stats = true;
+        nl::InstanceNorm<double> in(8, o);
+        test::set_random_params(in, 5);
+        test::set_random_running_stats(in, 9);
+        in.eval();
         return in;
       });
     }
