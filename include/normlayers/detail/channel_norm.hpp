@@ -83,6 +83,26 @@ inline kernels::Block chunk_block(const View& v, Index c) {
 }
 inline Index chunk_offset(const View& v, Index c) { return c * row_chunk * v.T; }
 
+// The end of one statistic's forward statistics: finish(c, mean, var)
+// writes statistic c's mean, biased variance and rstd = 1/sqrt(var + eps)
+// and returns its scale = rstd * gamma and shift = beta (gamma/beta may be
+// null: 1 and 0).
+template <typename P, typename Acc>
+struct FinishStat {
+  const P* gamma;
+  const P* beta;
+  Acc eps;
+  Acc *mean_out, *var_out, *rstd_out;
+  std::pair<Acc, Acc> operator()(Index c, Acc mean, Acc var) const {
+    const Acc rstd = Acc(1) / std::sqrt(var + eps);
+    mean_out[c] = mean;
+    var_out[c] = var;
+    rstd_out[c] = rstd;
+    return {rstd * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1)),
+            beta ? static_cast<Acc>(beta[c]) : Acc(0)};
+  }
+};
+
 // channel_norm_forward for one tall block, in row chunks (see use_row_chunks).
 template <typename T, typename P, typename Acc>
 void channel_norm_forward_chunked(const View& v, const Parallel& par, const T* x, T* y,
@@ -92,36 +112,32 @@ void channel_norm_forward_chunked(const View& v, const Parallel& par, const T* x
   const Index L = v.T, chunks = row_chunks(v);
   const auto lanes = static_cast<std::size_t>(L);
   const double chunk_bytes = double(row_chunk * L) * 8.0;
-  if (batch_stats) {
-    std::vector<Acc> means(lanes * std::size_t(chunks)), m2s(means.size());
+  const FinishStat<P, Acc> finish{gamma, beta, eps, mean, var, rstd};
+  std::vector<Acc> means(batch_stats ? lanes * std::size_t(chunks) : 0), m2s(means.size());
+  if (batch_stats)
     par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
       for (Index c = first; c < last; ++c)
         kernels::block_moments<true>(x + chunk_offset(v, c), chunk_block(v, c),
                                      means.data() + c * L, m2s.data() + c * L);
     });
-    for (Index t = 0; t < L; ++t) {
-      Acc m = means[std::size_t(t)], m2 = m2s[std::size_t(t)];
-      Acc count = static_cast<Acc>(chunk_block(v, 0).S);
+  std::vector<Acc> scale(lanes), shift(lanes);
+  for (Index t = 0; t < L; ++t) {
+    Acc m, var_t;
+    if (batch_stats) {
+      Acc m2 = m2s[std::size_t(t)], count = static_cast<Acc>(chunk_block(v, 0).S);
+      m = means[std::size_t(t)];
       for (Index c = 1; c < chunks; ++c) {
         const Acc n = static_cast<Acc>(chunk_block(v, c).S);
         kernels::merge_moments(count, m, m2, n, means[std::size_t(c * L + t)],
                                m2s[std::size_t(c * L + t)]);
         count += n;
       }
-      mean[t] = m;
-      var[t] = m2 / static_cast<Acc>(v.S);
+      var_t = m2 / static_cast<Acc>(v.S);
+    } else {
+      m = static_cast<Acc>(stats_mean[t]);
+      var_t = static_cast<Acc>(stats_var[t]);
     }
-  } else {
-    for (Index t = 0; t < L; ++t) {
-      mean[t] = static_cast<Acc>(stats_mean[t]);
-      var[t] = static_cast<Acc>(stats_var[t]);
-    }
-  }
-  std::vector<Acc> scale(lanes), shift(lanes);
-  for (Index t = 0; t < L; ++t) {
-    rstd[t] = Acc(1) / std::sqrt(var[t] + eps);
-    scale[std::size_t(t)] = rstd[t] * (gamma ? static_cast<Acc>(gamma[t]) : Acc(1));
-    shift[std::size_t(t)] = beta ? static_cast<Acc>(beta[t]) : Acc(0);
+    std::tie(scale[std::size_t(t)], shift[std::size_t(t)]) = finish(t, m, var_t);
   }
   par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
     for (Index c = first; c < last; ++c)
@@ -175,15 +191,7 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
                                  stats_var, mean_out, var_out, rstd_out);
     return;
   }
-  // Writes statistic c's outputs and returns its scale and shift.
-  const auto finish = [&](Index c, Acc mean, Acc var) {
-    const Acc rstd = Acc(1) / std::sqrt(var + eps);
-    mean_out[c] = mean;
-    var_out[c] = var;
-    rstd_out[c] = rstd;
-    return std::pair<Acc, Acc>(rstd * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1)),
-                               beta ? static_cast<Acc>(beta[c]) : Acc(0));
-  };
+  const FinishStat<P, Acc> finish{gamma, beta, eps, mean_out, var_out, rstd_out};
   if (!batch_stats) {  // given statistics: one elementwise pass, in storage order
     const auto n = static_cast<std::size_t>(v.num_stats());
     std::vector<Acc> mean(n), scale(n), shift(n);
