@@ -144,6 +144,28 @@ TEST(BatchNormNumerics, OutlyingFirstValuesKeepFloatPrecision) {
   EXPECT_TRUE(test::all_close(test::to_vec(bn.saved_rstd()), ref.rstd, 1e-6, 0.0));
 }
 
+// The same for channels-last, where the moments run across rows with a lane
+// per channel: the first 16 rows (the rows whose mean shifts the one-pass
+// sums of a first chunk) are zeros, the rest near 1000, so the shifted sums
+// cancel ~20 bits and the centered pass must take over. 256 rows take the
+// single-block path, 4096 rows the chunked one (zeros in its first chunk);
+// 19 channels take vector and scalar lanes.
+TEST(BatchNormNumerics, OutlyingFirstRowsKeepFloatPrecisionChannelsLast) {
+  for (Index hw : {8, 32}) {
+    const std::array<Index, 4> dims{4, hw, hw, 19};
+    Vec xv = test::random_vec(std::size_t(test::numel(dims)), 24, 1000.0, 1.0);
+    std::fill(xv.begin(), xv.begin() + 16 * 19, 0.0);
+    const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, xv);
+    nl::BatchNormOptions o;
+    o.channels_last = true;
+    nl::BatchNorm<float> bn(19, o);
+    const Vec got = test::logical(bn.forward(x));
+    const auto ref = reference::batch_norm_forward(test::logical(x), test::dims_vec(dims), 3, {}, {}, 1e-5);
+    EXPECT_TRUE(test::all_close(got, ref.y, 1e-5, 1e-5)) << "hw " << hw;
+    EXPECT_TRUE(test::all_close(test::to_vec(bn.saved_rstd()), ref.rstd, 1e-6, 0.0)) << "hw " << hw;
+  }
+}
+
 // Running statistics after 3 steps, computed by hand from the formulas:
 // factor = momentum (or 1/step), var unbiased = var * M / (M - 1).
 TYPED_TEST(BatchNormTest, RunningStatisticsFollowTheUpdateRule) {

@@ -6,9 +6,9 @@
 // (RMSNorm) mean = 0 and M2 = sum x^2. Contiguous values: one pass of sums
 // shifted by a value near the mean, checked for cancellation (see
 // first_values_mean). Lanes across statistics: per chunk of rows (in L1/L2
-// while both passes run) a shifted sum for the mean (shift = the lane's first
-// value, so |mean| >> std loses nothing), then the centered sum of squares,
-// merged chunk by chunk, so a tall block is read from memory once.
+// while it is read) one pass of sums shifted by a mean of earlier rows, the
+// chunks' moments merged in order, so a tall block is read from memory once
+// (see block_moments).
 
 #include <limits>
 
@@ -158,6 +158,12 @@ void runs_moments(const T* x, const Block& b, const ShiftedSums<T>& sums, T* mea
 // The `also` of a sweep that has nothing riding along.
 inline constexpr auto nothing_else = [](Index, auto) {};
 
+// Rows whose mean K shifts a block's first chunk of lanes (see
+// block_moments). Whatever the data, M2 >= m (K - mean)^2 over the chunk's
+// first m rows, so s2 / M2 = 1 + n (mean - K)^2 / M2 <= 1 + n / m: at most
+// log2(9) bits lost to cancellation in a chunk of 128 rows before the check.
+inline constexpr Index shift_rows = 16;
+
 // mean[t], m2[t] for t < b.lanes.
 template <bool Centered, typename T>
 void block_moments(const T* x, const Block& b, T* mean, T* m2) {
@@ -176,48 +182,56 @@ void block_moments(const T* x, const Block& b, T* mean, T* m2) {
     return;
   }
   // Lanes across statistics, per chunk of rows (in L1/L2 while it is read)
-  // and strip of lanes, accumulators in registers; each chunk's moments
-  // merge into the running ones in order. The first chunk takes two passes
-  // (a sum shifted by its first row, then the centered squares); later
-  // chunks one pass of sums shifted by the running mean K. That cannot lose
-  // precision: the chunk's M2 = s2 - s1^2/n errs by ~eps * s2 = eps * (M2_c +
-  // n_c (mean_c - K)^2), and the merge adds n_a n_c / (n_a + n_c) (mean_c -
-  // K)^2 >= n_c (mean_c - K)^2 / 2 (n_a >= n_c) to the total, so the error
-  // stays within ~2 eps of the total M2 however far the chunk's mean moved.
+  // and strip of lanes, accumulators in registers: one pass of sums shifted
+  // by K, each chunk's moments merged into the running ones in order. The
+  // first chunk's K is the mean of its first shift_rows rows, and a strip in
+  // which a lane loses more than 2 bits (s2 > 4 M2, as for contiguous values,
+  // see first_values_mean) takes a centered pass over the chunk, still in
+  // cache. Later chunks' K is the running mean, which cannot lose precision:
+  // the chunk's M2 = s2 - s1^2/n errs by ~eps * s2 = eps * (M2_c + n_c
+  // (mean_c - K)^2), and the merge adds n_a n_c / (n_a + n_c) (mean_c - K)^2
+  // >= n_c (mean_c - K)^2 / 2 (n_a >= n_c) to the total, so the error stays
+  // within ~2 eps of the total M2 however far the chunk's mean moved. (Two
+  // passes over every first chunk, as before, cost the channels-last
+  // BatchNorm forward 32x64x56x56, in chunks of 256 rows, 420-445 us of
+  // moments against 352-369 us, AVX-512 micro-benchmark; the check costs
+  // nothing measurable.)
   Index count = 0;
-  for_each_row_chunk(b, [&](auto rows, Index n, Index first) {
+  for_each_row_chunk(b, [&](auto rows, Index n) {
     for_each_strip<T, vector_registers / 4>(b.lanes, [&](Index t0, auto k, auto as) {
       using V = decltype(as);
       constexpr int K = decltype(k)::value;
       constexpr Index W = width_of<V, T>;
       const auto at = [&](Index row, Index i) { return load_as<V>(x + row + t0 + i * W); };
       const V inv_n = splat<V>(T(1) / static_cast<T>(n));
-      V mu[K], ss[K];
-      if (Centered && count > 0) {  // one pass: s1 in mu, s2 in ss, then the moments
-        V shift[K];
-        unrolled<K>([&](auto i) {
-          shift[i] = load_as<V>(mean + t0 + i * W);
-          mu[i] = ss[i] = splat<V>(T(0));
-        });
+      V mu[K], ss[K], shift[K];
+      unrolled<K>([&](auto i) { mu[i] = ss[i] = splat<V>(T(0)); });
+      if constexpr (!Centered) {
+        rows([&](Index row) { unrolled<K>([&](auto i) { ss[i] = square_term(ss[i], at(row, i), mu[i]); }); });
+      } else {
+        if (count > 0) {
+          unrolled<K>([&](auto i) { shift[i] = load_as<V>(mean + t0 + i * W); });
+        } else {
+          const Index first_rows = std::min(n, shift_rows);
+          rows([&](Index row) { unrolled<K>([&](auto i) { mu[i] = padd(mu[i], at(row, i)); }); },
+               first_rows);
+          const V inv_m = splat<V>(T(1) / static_cast<T>(first_rows));
+          unrolled<K>([&](auto i) { shift[i] = pmul(mu[i], inv_m), mu[i] = splat<V>(T(0)); });
+        }
         rows([&](Index row) {
           unrolled<K>([&](auto i) { shifted_terms(at(row, i), mu[i], ss[i], shift[i]); });
         });
+        bool cancels = false;  // somewhere s2 > 4 M2 (or NaN), checked in the first chunk
         unrolled<K>([&](auto i) {
-          const V s1 = mu[i], d = pmul(s1, inv_n);
+          const V s1 = mu[i], s2 = ss[i], d = pmul(s1, inv_n);
           mu[i] = padd(shift[i], d);
-          ss[i] = psub(ss[i], pmul(s1, d));
+          ss[i] = psub(s2, pmul(s1, d));
+          if (count == 0) cancels |= predux_any(pcmp_lt_or_nan(pmul(splat<V>(T(4)), ss[i]), s2));
         });
-      } else {
-        unrolled<K>([&](auto i) { mu[i] = ss[i] = splat<V>(T(0)); });
-        if constexpr (Centered) {
-          V shift[K];
-          unrolled<K>([&](auto i) { shift[i] = at(first, i); });
-          rows([&](Index row) {
-            unrolled<K>([&](auto i) { mu[i] = accumulate(mu[i], psub(at(row, i), shift[i])); });
-          });
-          unrolled<K>([&](auto i) { mu[i] = pmadd(mu[i], inv_n, shift[i]); });
+        if (cancels) {
+          unrolled<K>([&](auto i) { ss[i] = splat<V>(T(0)); });
+          rows([&](Index row) { unrolled<K>([&](auto i) { ss[i] = square_term(ss[i], at(row, i), mu[i]); }); });
         }
-        rows([&](Index row) { unrolled<K>([&](auto i) { ss[i] = square_term(ss[i], at(row, i), mu[i]); }); });
       }
       unrolled<K>([&](auto i) {
         T* mean_t = mean + t0 + i * W;

@@ -41,9 +41,9 @@ struct Block {
 
 inline constexpr Index row_block = 128;  // rows per partial sum (and per moments chunk)
 
-// Calls f(rows, n, first) for every chunk of up to row_block consecutive
-// rows of the block, in memory order: n rows, the first at offset `first`;
-// rows(g) calls g(row_offset) for each of them and may be called again.
+// Calls f(rows, n) for every chunk of up to row_block consecutive rows of
+// the block, in memory order: rows(g) calls g(row_offset) for each of its n
+// rows, rows(g, m) for the first m <= n; either may be called again.
 template <typename F>
 void for_each_row_chunk(const Block& b, F f) {
   const Index total = b.reduced();
@@ -57,16 +57,16 @@ void for_each_row_chunk(const Block& b, F f) {
     // 32x64x56x56 eval 0.90-0.96 -> 1.06-1.21 of a memcpy, forward 0.45-0.55
     // -> 0.56-0.60).
     const auto rows = [S = b.S, q_stride = b.q_stride, row_stride = b.row_stride, n, q0,
-                       s0](auto g) {
+                       s0](auto g, Index m = -1) {
       Index o = q0 * q_stride + s0 * row_stride, ss = s0;
-      const Index wrap = q_stride - S * row_stride;
-      for (Index i = 0; i < n; ++i) {
+      const Index wrap = q_stride - S * row_stride, count = m < 0 ? n : m;
+      for (Index i = 0; i < count; ++i) {
         g(o);
         o += row_stride;
         if (++ss == S) ss = 0, o += wrap;
       }
     };
-    f(rows, n, b.row(q0, s0));
+    f(rows, n);
     s += n;
     q += s / b.S;
     s %= b.S;
@@ -151,7 +151,7 @@ void sum2_lanes(const T* x, const T* y, const Block& b, Make make, T* out_a, T* 
     constexpr int K = decltype(k)::value;
     constexpr Index W = width_of<V, T>;
     auto g = strip_functors<K, T>(make, t0, as);
-    for_each_row_chunk(b, [&](auto rows, Index, Index) {
+    for_each_row_chunk(b, [&](auto rows, Index) {
       V a[K], c[K];
       unrolled<K>([&](auto i) { a[i] = c[i] = splat<V>(T(0)); });
       rows([&](Index row) {
@@ -172,7 +172,7 @@ void sum2_lanes(const T* x, const T* y, const Block& b, Make make, T* out_a, T* 
 // input. Aligned packets are streamed when b.stream.
 template <typename T, int MaxK, typename Make, typename... In>
 void map_lanes(T* out, const Block& b, Make make, const In*... in) {
-  for_each_row_chunk(b, [&](auto rows, Index, Index) {
+  for_each_row_chunk(b, [&](auto rows, Index) {
     for_each_strip<T, MaxK>(b.lanes, [&](Index t0, auto k, auto as) {
       using V = decltype(as);
       constexpr int K = decltype(k)::value;

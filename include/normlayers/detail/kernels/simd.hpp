@@ -28,8 +28,10 @@ namespace normlayers::detail::kernels {
 using Index = Eigen::Index;
 using Eigen::internal::padd;
 using Eigen::internal::pmadd;
+using Eigen::internal::pcmp_lt_or_nan;
 using Eigen::internal::pmul;
 using Eigen::internal::predux;
+using Eigen::internal::predux_any;
 using Eigen::internal::psub;
 
 template <typename T>
