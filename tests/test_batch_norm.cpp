@@ -502,7 +502,7 @@ TEST_F(BatchNormErrors, FunctionalArguments) {
 
 namespace {
 
-// Outputs of more than 4M values are written with streaming stores; an
+// A pass that reads more than 4M values writes with streaming stores; an
 // output one float off packet alignment exercises the aligned body, the
 // unaligned head and the tail.
 TEST(BatchNormLarge, StreamingStoresMatchTheReference) {

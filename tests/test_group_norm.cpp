@@ -265,3 +265,43 @@ TEST(GroupNormErrors, BadInputsThrowAndChangeNothing) {
 }
 
 }  // namespace
+
+namespace {
+
+// A pass that reads more than 4M values writes with streaming stores, so a
+// backward (x and dy) of 2.56M values streams dx while its forward does not.
+// Outputs aligned (channels-last rows stream only from aligned rows) and one
+// float off alignment (the head and tail of every 10000-value run,
+// channels-first).
+TEST(GroupNormLarge, StreamingBackwardMatchesTheReference) {
+  for (bool last : {false, true})
+    for (std::size_t offset : {0, 1}) {
+      SCOPED_TRACE(::testing::Message() << "channels_last " << last << ", offset " << offset);
+      const std::array<Index, 4> dims = last ? std::array<Index, 4>{4, 100, 100, 64}
+                                             : std::array<Index, 4>{4, 64, 100, 100};
+      const std::size_t n = std::size_t(test::numel(dims));
+      ASSERT_GT(2 * n, std::size_t(4) << 20);
+      ASSERT_LT(n, std::size_t(4) << 20);
+      auto gn = make_gn<float>(8, 64, {true, last}, 9);
+      const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 10));
+      const auto dy = test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 11));
+      Eigen::Tensor<float, 1> ybuf(Index(n + 1)), dxbuf(Index(n + 1));  // aligned storage
+      ybuf.setZero();
+      dxbuf.setZero();
+      Eigen::TensorMap<Eigen::Tensor<float, 4, Eigen::RowMajor>> y(ybuf.data() + offset, dims);
+      Eigen::TensorMap<Eigen::Tensor<float, 4, Eigen::RowMajor>> dx(dxbuf.data() + offset, dims);
+      gn.forward(x, y);
+      gn.backward(x, dy, dx);
+      const Vec gamma = test::to_vec(gn.weight()), beta = test::to_vec(gn.bias());
+      const auto grouping =
+          reference::group_by_sample_and_channel(test::dims_vec(dims), last ? 3 : 1, 8);
+      const auto ref = reference::grouped_norm_forward(test::logical(x), grouping, gamma, beta, 1e-5);
+      EXPECT_TRUE(test::all_close(test::logical(y), ref.y, 1e-5, 1e-5));
+      const auto grads = reference::grouped_norm_backward(test::logical(x), test::logical(dy),
+                                                          grouping, 64, gamma, 1e-5);
+      test::expect_grads_close(test::logical(dx), gn, grads, true, true, 1e-5, 1e-4, 1e-5);
+      EXPECT_EQ(dxbuf(offset ? 0 : Index(n)), 0.f);  // nothing written outside the output
+    }
+}
+
+}  // namespace

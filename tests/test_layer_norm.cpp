@@ -446,7 +446,7 @@ TEST_F(LayerNormErrors, MissingParametersAndWrongSizesInFunctional) {
 
 namespace {
 
-// Outputs of more than 4M values are written with streaming stores; an output
+// A pass that reads more than 4M values writes with streaming stores; an output
 // one float off packet alignment exercises the aligned body, head and tail.
 template <int Layout>
 void check_streaming_output() {

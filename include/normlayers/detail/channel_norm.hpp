@@ -76,10 +76,11 @@ inline bool use_row_chunks(const View& v) {
   return v.P * v.R == 1 && v.Q == 1 && v.T <= lane_piece && v.S >= 2 * row_chunk;
 }
 inline Index row_chunks(const View& v) { return (v.S + row_chunk - 1) / row_chunk; }
-// Rows [c * row_chunk, ...) of the tall block, as a block of their own.
-inline kernels::Block chunk_block(const View& v, Index c) {
+// Rows [c * row_chunk, ...) of the tall block, as a block of their own, for
+// a pass that reads `inputs` tensors (see View::streams_output).
+inline kernels::Block chunk_block(const View& v, Index c, int inputs) {
   return kernels::Block{1, std::min(row_chunk, v.S - c * row_chunk), v.T, 0, v.T,
-                        v.streams_output()};
+                        v.streams_output(inputs)};
 }
 inline Index chunk_offset(const View& v, Index c) { return c * row_chunk * v.T; }
 
@@ -117,17 +118,17 @@ void channel_norm_forward_chunked(const View& v, const Parallel& par, const T* x
   if (batch_stats)
     par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
       for (Index c = first; c < last; ++c)
-        kernels::block_moments<true>(x + chunk_offset(v, c), chunk_block(v, c),
+        kernels::block_moments<true>(x + chunk_offset(v, c), chunk_block(v, c, 1),
                                      means.data() + c * L, m2s.data() + c * L);
     });
   std::vector<Acc> scale(lanes), shift(lanes);
   for (Index t = 0; t < L; ++t) {
     Acc m, var_t;
     if (batch_stats) {
-      Acc m2 = m2s[std::size_t(t)], count = static_cast<Acc>(chunk_block(v, 0).S);
+      Acc m2 = m2s[std::size_t(t)], count = static_cast<Acc>(chunk_block(v, 0, 1).S);
       m = means[std::size_t(t)];
       for (Index c = 1; c < chunks; ++c) {
-        const Acc n = static_cast<Acc>(chunk_block(v, c).S);
+        const Acc n = static_cast<Acc>(chunk_block(v, c, 1).S);
         kernels::merge_moments(count, m, m2, n, means[std::size_t(c * L + t)],
                                m2s[std::size_t(c * L + t)]);
         count += n;
@@ -142,7 +143,7 @@ void channel_norm_forward_chunked(const View& v, const Parallel& par, const T* x
   par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
     for (Index c = first; c < last; ++c)
       kernels::normalize_block_per_stat(x + chunk_offset(v, c), y + chunk_offset(v, c),
-                                        chunk_block(v, c), mean, scale.data(), shift.data());
+                                        chunk_block(v, c, 1), mean, scale.data(), shift.data());
     kernels::streaming_fence();
   });
 }
@@ -160,14 +161,14 @@ template <typename T, typename Acc>
 void stat_apply(const View& v, const Parallel& par, const T* x, T* y, const Acc* mean,
                 const Acc* scale, const Acc* shift) {
   if (v.Q == 1) {  // the blocks are the runs
-    for_each_stat_block(v, par, no_state,
+    for_each_stat_block(v, par, 1, no_state,
                         [&](int, Index offset, Index stat, const kernels::Block& b) {
                           kernels::normalize_block_per_stat(x + offset, y + offset, b, mean + stat,
                                                             scale + stat, shift + stat);
                         });
     return;
   }
-  const kernels::Block run{1, v.S, v.T, 0, v.T, v.streams_output()};
+  const kernels::Block run{1, v.S, v.T, 0, v.T, v.streams_output(1)};
   par.for_ranges(v.P * v.Q * v.R, double(v.S * v.T) * 8.0, [&](Index first, Index last) {
     for (Index i = first; i < last; ++i) {  // i = (p*Q + q)*R + r
       const Index p = i / (v.Q * v.R), r = i % v.R, stat = v.stat_offset(p, r), o = i * v.S * v.T;
@@ -210,7 +211,7 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
     // the other, the read sweep leaves the writes idle and then waits for
     // them). Measured 32x64x56x56: 0.64-0.73 -> 0.74-0.84 of a memcpy. Not
     // for one run per statistic (InstanceNorm): 0.80-0.83 -> 0.73-0.79.
-    const kernels::Block b{v.Q, v.S, 1, v.q_stride(), 1, v.streams_output()};
+    const kernels::Block b{v.Q, v.S, 1, v.q_stride(), 1, v.streams_output(1)};
     par.for_ranges(v.P * v.R, double(v.Q * v.S) * 8.0, [&](Index first, Index last) {
       Acc mean = 0, m2 = 0;
       std::pair<Acc, Acc> affine;
@@ -238,7 +239,7 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
   };
   auto make = [lanes] { return State{std::vector<Acc>(lanes), std::vector<Acc>(lanes),
                                      std::vector<Acc>(lanes), std::vector<Acc>(lanes)}; };
-  for_each_stat_block(v, par, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {
+  for_each_stat_block(v, par, 1, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {
     kernels::block_moments<true>(x + offset, b, st.mean.data(), st.var.data());
     for (Index t = 0; t < b.lanes; ++t) st.var[std::size_t(t)] /= static_cast<Acc>(b.reduced());
     for (std::size_t t = 0; t < std::size_t(b.lanes); ++t)
@@ -252,7 +253,7 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
 // which merges them per group).
 template <typename T, typename Acc>
 void stat_moments(const View& v, const Parallel& par, const T* x, Acc* mean, Acc* m2) {
-  for_each_stat_block(v, par, no_state,
+  for_each_stat_block(v, par, 1, no_state,
                       [&](int, Index offset, Index stat, const kernels::Block& b) {
                         kernels::block_moments<true>(x + offset, b, mean + stat, m2 + stat);
                       });
@@ -262,7 +263,7 @@ void stat_moments(const View& v, const Parallel& par, const T* x, Acc* mean, Acc
 template <typename T, typename Acc>
 void stat_backward_reduce(const View& v, const Parallel& par, const T* x, const T* dy,
                           const Acc* mean, Acc* sum_dy, Acc* sum_dyxc) {
-  for_each_stat_block(v, par, no_state,
+  for_each_stat_block(v, par, 2, no_state,
                       [&](int, Index offset, Index stat, const kernels::Block& b) {
                         kernels::backward_reduce_block(x + offset, dy + offset, b, mean + stat,
                                                        sum_dy + stat, sum_dyxc + stat);
@@ -274,7 +275,7 @@ template <typename T, typename Acc>
 void stat_backward_apply(const View& v, const Parallel& par, const T* x, const T* dy, T* dx,
                          const Acc* mean, const Acc* u, const Acc* shift, const Acc* w,
                          const Acc* z) {
-  for_each_stat_block(v, par, no_state,
+  for_each_stat_block(v, par, 2, no_state,
                       [&](int, Index offset, Index stat, const kernels::Block& b) {
                         kernels::backward_apply_block(x + offset, dy + offset, dx + offset, b,
                                                       mean + stat, u + stat, shift + stat,
@@ -294,7 +295,7 @@ void channel_norm_backward_chunked(const View& v, const Parallel& par, const T* 
   par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
     for (Index c = first; c < last; ++c)
       kernels::backward_reduce_block(x + chunk_offset(v, c), dy + chunk_offset(v, c),
-                                     chunk_block(v, c), mean, a.data() + c * L, b.data() + c * L);
+                                     chunk_block(v, c, 2), mean, a.data() + c * L, b.data() + c * L);
   });
   const std::vector<Acc> u(lanes, Acc(1));
   std::vector<Acc> shift(lanes, Acc(0)), w(lanes), z(lanes, Acc(0));
@@ -315,7 +316,7 @@ void channel_norm_backward_chunked(const View& v, const Parallel& par, const T* 
   par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
     for (Index c = first; c < last; ++c)
       kernels::backward_apply_block(x + chunk_offset(v, c), dy + chunk_offset(v, c),
-                                    dx + chunk_offset(v, c), chunk_block(v, c), mean, u.data(),
+                                    dx + chunk_offset(v, c), chunk_block(v, c, 2), mean, u.data(),
                                     shift.data(), w.data(), z.data());
     kernels::streaming_fence();
   });
@@ -344,7 +345,7 @@ void channel_norm_backward(const View& v, const Parallel& par, const T* x, const
                  std::vector<Acc>(lanes), std::vector<Acc>(lanes, Acc(0))};
   };
   const bool need_sums = batch_stats || dgamma || dbeta;
-  for_each_stat_block(v, par, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {
+  for_each_stat_block(v, par, 2, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {
     if (need_sums)
       kernels::backward_reduce_block(x + offset, dy + offset, b, mean + stat, st.sum_dy.data(),
                                      st.sum_dyxc.data());

@@ -182,7 +182,7 @@ template <typename T, typename P, typename Acc>
 void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const T* x, T* y,
                               const P* gamma, const P* beta, Acc eps, Acc* mean, Acc* rstd) {
   const Index hw = g.inst.count, D = g.group_size;
-  const kernels::Block run{1, hw, 1, 0, 1, g.inst.view.streams_output()};
+  const kernels::Block run{1, hw, 1, 0, 1, g.inst.view.streams_output(1)};
   // The group's moments as those of one run of D*hw values (one pass of
   // shifted sums, see first_values_mean): per channel, the setup and final
   // reductions of D short runs cost more than the sums themselves (measured,
@@ -215,7 +215,7 @@ void group_norm_backward_fused(const GroupGeometry& g, const Parallel& par, cons
                                const T* dy, T* dx, const P* gamma, const Acc* mean,
                                const Acc* rstd, Acc* a, Acc* b) {
   const Index hw = g.inst.count, D = g.group_size;
-  const kernels::Block run{1, hw, 1, 0, 1, g.inst.view.streams_output()};
+  const kernels::Block run{1, hw, 1, 0, 1, g.inst.view.streams_output(2)};
   const Acc inv_m = Acc(1) / static_cast<Acc>(g.count);
   par.for_ranges(g.num_group_stats(), double(D * hw) * 12.0, [&](Index first, Index last) {
     for (Index gs = first; gs < last; ++gs) {

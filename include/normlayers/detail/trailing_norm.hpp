@@ -105,7 +105,7 @@ void trailing_norm_forward(const TrailingGeometry& g, const Parallel& par,
   const P* beta = params_in_order(bias, order, bias_buf);
   const Acc m = static_cast<Acc>(v.S);
   if (v.T == 1) {  // rows of one statistic each, several per visit
-    const bool stream = v.streams_output();
+    const bool stream = v.streams_output(1);
     par.for_ranges(v.P, double(v.S) * 8.0, [&](Index first, Index last) {
       kernels::for_each_row_group(first, last, v.size() <= rows_at_once_max_values,
                                   [&](Index row, auto count) {
@@ -128,7 +128,7 @@ void trailing_norm_forward(const TrailingGeometry& g, const Parallel& par,
     std::vector<Acc> mean, rstd;
   };
   auto make = [lanes] { return State{std::vector<Acc>(lanes), std::vector<Acc>(lanes)}; };
-  for_each_stat_block(v, par, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {
+  for_each_stat_block(v, par, 1, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {
     kernels::block_moments<Centered>(x + offset, b, st.mean.data(), st.rstd.data());
     const auto lanes_here = static_cast<std::ptrdiff_t>(b.lanes);
     for (Index t = 0; t < b.lanes; ++t)  // M2 -> rstd
@@ -184,7 +184,7 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
                                     [&](Index row, auto count) {
           const Index offset = v.block_offset(row, 0);
           kernels::backward_rows_affine_s<Centered, decltype(count)::value>(
-              x + offset, dy + offset, dx + offset, v.S, v.S, v.streams_output(),
+              x + offset, dy + offset, dx + offset, v.S, v.S, v.streams_output(2),
               Centered ? mean + row : nullptr, rstd + row, gamma, dg, db);
         });
         continue;
@@ -192,7 +192,7 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
       for (Index p = c * chunk_rows; p < end; ++p) {
         const Index offset = v.block_offset(p, 0) + t0, stat = v.stat_offset(p, 0) + t0;
         kernels::backward_block_affine_s<Centered>(
-            x + offset, dy + offset, dx + offset, v.S, width, v.T, v.streams_output(),
+            x + offset, dy + offset, dx + offset, v.S, width, v.T, v.streams_output(2),
             Centered ? mean + stat : nullptr, rstd + stat, gamma, dg, db, scratch.data());
       }
     }

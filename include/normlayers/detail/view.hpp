@@ -38,8 +38,9 @@ struct View {
   Index num_stats() const { return P * R * T; }
   Index reduced_size() const { return Q * S; }
   Index size() const { return P * Q * R * S * T; }
-  // Whether outputs of this size are written with streaming stores.
-  bool streams_output() const { return size() > kernels::streaming_store_values; }
+  // Whether a pass that reads `inputs` tensors of this size writes its
+  // output with streaming stores (see kernels::streaming_read_values).
+  bool streams_output(int inputs) const { return size() * inputs > kernels::streaming_read_values; }
 
   // The block of one (p, r): Q runs of S*T values, consecutive runs q_stride apart.
   Index block_offset(Index p, Index r) const { return (p * Q * R + r) * S * T; }
@@ -95,13 +96,15 @@ inline constexpr Index lane_piece = 256;
 // view: `offset` is the block's first element, `stat` the index of its first
 // statistic (lane t is statistic stat + t). Blocks run on par's threads in
 // ranges; each range gets its own state = make_state() (scratch buffers), and
-// a block's result never depends on which range or thread ran it.
+// a block's result never depends on which range or thread ran it. `inputs`:
+// the tensors of the view's size the pass reads (for block.stream).
 template <typename MakeState, typename F>
-void for_each_stat_block(const View& v, const Parallel& par, MakeState make_state, F f) {
+void for_each_stat_block(const View& v, const Parallel& par, int inputs, MakeState make_state,
+                         F f) {
   // Wide lanes are cut into pieces of lane_piece statistics, each its own work item.
   const Index pieces = (v.T + lane_piece - 1) / lane_piece;
   const double bytes_per_item = double(v.Q * v.S * std::min(v.T, lane_piece)) * 8.0;
-  const bool stream = v.streams_output();
+  const bool stream = v.streams_output(inputs);
   par.for_ranges(v.P * v.R * pieces, bytes_per_item, [&](Index first, Index last) {
     auto state = make_state();
     for (Index i = first; i < last; ++i) {
