@@ -272,7 +272,9 @@ namespace {
 // backward (x and dy) of 2.56M values streams dx while its forward does not.
 // Outputs aligned (channels-last rows stream only from aligned rows) and one
 // float off alignment (the head and tail of every 10000-value run,
-// channels-first).
+// channels-first). A parameter gradient sums 40000 products of size ~0.3
+// (sum of magnitudes ~1e4), so its float rounding is up to ~1e-3 absolute
+// (the scalar build's is ~1.2e-4); dx stays at 1e-5.
 TEST(GroupNormLarge, StreamingBackwardMatchesTheReference) {
   for (bool last : {false, true})
     for (std::size_t offset : {0, 1}) {
@@ -299,7 +301,7 @@ TEST(GroupNormLarge, StreamingBackwardMatchesTheReference) {
       EXPECT_TRUE(test::all_close(test::logical(y), ref.y, 1e-5, 1e-5));
       const auto grads = reference::grouped_norm_backward(test::logical(x), test::logical(dy),
                                                           grouping, 64, gamma, 1e-5);
-      test::expect_grads_close(test::logical(dx), gn, grads, true, true, 1e-5, 1e-4, 1e-5);
+      test::expect_grads_close(test::logical(dx), gn, grads, true, true, 1e-5, 1e-3, 1e-5);
       EXPECT_EQ(dxbuf(offset ? 0 : Index(n)), 0.f);  // nothing written outside the output
     }
 }
