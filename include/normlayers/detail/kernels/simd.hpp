@@ -185,6 +185,16 @@ inline void store_streaming(T* p, const packet_t<T>& v) {
 #endif
   store(p, v);
 }
+// Asks for the cache line at p ahead of its use (nothing where the compiler
+// has no prefetch builtin). Never faults, so p may lie past the data.
+inline void prefetch(const void* p) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(p, 0, 3);
+#else
+  (void)p;
+#endif
+}
+
 // Orders streaming stores before whatever follows (another thread's reads);
 // every loop that may stream calls it once at its end.
 inline void streaming_fence() {
