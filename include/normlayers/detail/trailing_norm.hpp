@@ -164,13 +164,13 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
   std::vector<Acc> dgamma(weight_grad ? n * std::size_t(items) : 0, Acc(0));
   std::vector<Acc> dbeta(bias_grad ? n * std::size_t(items) : 0, Acc(0));
   const double bytes_per_item = double(chunk_rows * v.S * std::min(v.T, lane_piece)) * 12.0;
-  // Larger tensors too take rows together in the backward when rows are long
-  // (measured, -march=native: 4096x4096 0.37-0.39 -> 0.49-0.53 of a memcpy,
-  // 2048x2048 0.28 -> 0.34), but not short rows (8192x1024 0.44-0.48 ->
-  // 0.39-0.41, 8192x768 0.62 -> 0.47: R rows of one page or less are R
-  // streams the prefetchers keep losing).
-  const bool backward_rows_at_once =
-      v.size() <= rows_at_once_max_values || double(v.S) * sizeof(T) >= 8192.0;
+  // The backward takes rows together at every size (measured, -march=native,
+  // fraction of a memcpy: 4096x4096 0.37-0.39 -> 0.49-0.53, 2048x2048 0.28
+  // -> 0.34). Rows of a page or less used to lose to one at a time (8192x1024
+  // 0.44-0.48 -> 0.39-0.41: R short rows are R streams the hardware
+  // prefetchers keep losing), until the apply prefetched the next R rows
+  // (see backward_rows_affine_s): now 8192x1024 0.50 -> 0.60, 8192x768 0.56
+  // -> 0.64, 32768x256 0.54 -> 0.63.
   par.for_ranges(items, bytes_per_item, [&](Index first, Index last) {
     std::vector<Acc> scratch(static_cast<std::size_t>(4 * std::min(v.T, lane_piece)));
     for (Index item = first; item < last; ++item) {
@@ -180,7 +180,7 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
       Acc* db = bias_grad ? dbeta.data() + std::size_t(item) * n : nullptr;
       const Index end = std::min(v.P, (c + 1) * chunk_rows);
       if (v.T == 1) {  // rows of one statistic each, several per sweep
-        kernels::for_each_row_group(c * chunk_rows, end, backward_rows_at_once,
+        kernels::for_each_row_group(c * chunk_rows, end, true,
                                     [&](Index row, auto count) {
           const Index offset = v.block_offset(row, 0);
           kernels::backward_rows_affine_s<Centered, decltype(count)::value>(
