@@ -87,22 +87,30 @@ auto per_stat_apply_at(const T* x, T* y, bool stream, T mean, T scale, T shift) 
 // InstanceNorm, GroupNorm's apply): over one block,
 //   y = (x - mean[t]) * scale[t] + shift[t]
 // with scale = rstd * gamma and shift = beta precomputed per statistic.
+// With ahead > 0 (a block of one contiguous run only, else ignored) the
+// apply prefetches the input `ahead` values past each one it reads: the
+// block the caller reads next (see channel_norm_forward).
 template <typename T>
 void normalize_block_per_stat(const T* x, T* y, const Block& b, const T* mean, const T* scale,
-                              const T* shift) {
+                              const T* shift, Index ahead = 0) {
   // Constants by value: stores to y cannot alias them.
   const T m = mean[0], sc = scale[0], sh = shift[0];
-  map_block(
-      x, y, b,
-      [=](auto v) {
-        using V = decltype(v);
-        return pmadd(psub(v, splat<V>(m)), splat<V>(sc), splat<V>(sh));
-      },
-      [=](Index t, auto as) {
-        using V = decltype(as);
-        const V mt = load_as<V>(mean + t), st = load_as<V>(scale + t), ht = load_as<V>(shift + t);
-        return [=](V v) { return pmadd(psub(v, mt), st, ht); };
-      });
+  const auto f = [=](auto v) {
+    using V = decltype(v);
+    return pmadd(psub(v, splat<V>(m)), splat<V>(sc), splat<V>(sh));
+  };
+  if (ahead > 0 && b.contiguous_runs() && b.Q == 1) {
+    map_run(x, y, b.S, [=](auto v, Index i) {
+      if constexpr (!std::is_same_v<decltype(v), T>) prefetch(x + ahead + i);
+      return f(v);
+    }, b.stream);
+    return;
+  }
+  map_block(x, y, b, f, [=](Index t, auto as) {
+    using V = decltype(as);
+    const V mt = load_as<V>(mean + t), st = load_as<V>(scale + t), ht = load_as<V>(shift + t);
+    return [=](V v) { return pmadd(psub(v, mt), st, ht); };
+  });
 }
 
 }  // namespace normlayers::detail::kernels
