@@ -36,7 +36,6 @@ struct Block {
   // One statistic in Q contiguous runs of S values (no lanes; a last piece
   // of one lane cut from wider lanes is not: its rows are row_stride apart).
   bool contiguous_runs() const { return lanes == 1 && row_stride == 1; }
-  Index row(Index q, Index s) const { return q * q_stride + s * row_stride; }
 };
 
 inline constexpr Index row_block = 128;  // rows per partial sum (and per moments chunk)
