@@ -268,6 +268,31 @@ TEST(GroupNormErrors, BadInputsThrowAndChangeNothing) {
 
 namespace {
 
+// A forward that reads more than 4M values streams its output; channels-last
+// rows narrow enough for one strip of vectors (here 16 channels in 4 groups,
+// one strip for SSE, AVX2 and AVX-512 alike) normalize each sample while the
+// next one is summed (pipelined). 3 samples of 300x300 (4.3M values); the
+// output aligned and one float off alignment (every row then unstreamed).
+TEST(GroupNormLarge, StreamingPipelinedForwardMatchesTheReference) {
+  const std::array<Index, 4> dims{3, 300, 300, 16};
+  const std::size_t n = std::size_t(test::numel(dims));
+  ASSERT_GT(n, std::size_t(4) << 20);
+  auto gn = make_gn<float>(4, 16, {true, true}, 14);
+  const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 15, -0.5, 2.0));
+  const Vec gamma = test::to_vec(gn.weight()), beta = test::to_vec(gn.bias());
+  const auto grouping = reference::group_by_sample_and_channel(test::dims_vec(dims), 3, 4);
+  const auto ref = reference::grouped_norm_forward(test::logical(x), grouping, gamma, beta, 1e-5);
+  for (std::size_t offset : {0, 1}) {
+    SCOPED_TRACE(::testing::Message() << "offset " << offset);
+    Eigen::Tensor<float, 1> ybuf(Index(n + 1));  // aligned storage
+    ybuf.setZero();
+    Eigen::TensorMap<Eigen::Tensor<float, 4, Eigen::RowMajor>> y(ybuf.data() + offset, dims);
+    gn.forward(x, y);
+    EXPECT_TRUE(test::all_close(test::logical(y), ref.y, 1e-5, 1e-5));
+    EXPECT_EQ(ybuf(offset ? 0 : Index(n)), 0.f);  // nothing written outside the output
+  }
+}
+
 // A pass that reads more than 4M values writes with streaming stores, so a
 // backward (x and dy) of 2.56M values streams dx while its forward does not.
 // Outputs aligned (channels-last rows stream only from aligned rows) and one

@@ -248,27 +248,36 @@ TEST(InstanceNormErrors, BadInputsThrowAndChangeNothing) {
 
 namespace {
 
-// A forward that reads more than 4M values streams its output, and with one
-// contiguous run per instance (channels-first) prefetches the next instance
-// while it normalizes the current one: 2x33x256x256 (4.3M values), the
-// output aligned and one float off alignment (head and tail of every run).
+// A forward that reads more than 4M values streams its output. With one
+// contiguous run per instance (channels-first) it prefetches the next
+// instance while it normalizes the current one; with channels-last rows
+// narrow enough for one strip of vectors it normalizes each sample while it
+// sums the next (pipelined): 33 channels (two AVX-512 vectors and a single
+// lane) and 15 (SSE vectors and single lanes). 3 samples, 4.27M-4.32M values,
+// the output aligned and one float off alignment (head and tail of every
+// run; every channels-last row, which then goes unstreamed).
 TEST(InstanceNormLarge, StreamingForwardMatchesTheReference) {
-  const std::array<Index, 4> dims{2, 33, 256, 256};
-  const std::size_t n = std::size_t(test::numel(dims));
-  ASSERT_GT(n, std::size_t(4) << 20);
-  auto in = make_in<float>(33, {true, false, false, true}, 12);
-  const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 13, -0.5, 2.0));
-  const Vec gamma = test::to_vec(in.weight()), beta = test::to_vec(in.bias());
-  const auto grouping = reference::group_by_sample_and_channel(test::dims_vec(dims), 1, 1);
-  const auto ref = reference::grouped_norm_forward(test::logical(x), grouping, gamma, beta, 1e-5);
-  for (std::size_t offset : {0, 1}) {
-    SCOPED_TRACE(::testing::Message() << "offset " << offset);
-    Eigen::Tensor<float, 1> ybuf(Index(n + 1));  // aligned storage
-    ybuf.setZero();
-    Eigen::TensorMap<Eigen::Tensor<float, 4, Eigen::RowMajor>> y(ybuf.data() + offset, dims);
-    in.forward(x, y);
-    EXPECT_TRUE(test::all_close(test::logical(y), ref.y, 1e-5, 1e-5));
-    EXPECT_EQ(ybuf(offset ? 0 : Index(n)), 0.f);  // nothing written outside the output
+  for (const auto& [last, dims] : {std::pair{false, std::array<Index, 4>{3, 33, 208, 208}},
+                                   std::pair{true, std::array<Index, 4>{3, 208, 208, 33}},
+                                   std::pair{true, std::array<Index, 4>{3, 310, 310, 15}}}) {
+    const Index channels = dims[last ? 3 : 1];
+    const std::size_t n = std::size_t(test::numel(dims));
+    ASSERT_GT(n, std::size_t(4) << 20);
+    auto in = make_in<float>(channels, {true, last, false, true}, 12);
+    const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 13, -0.5, 2.0));
+    const Vec gamma = test::to_vec(in.weight()), beta = test::to_vec(in.bias());
+    const auto grouping = reference::group_by_sample_and_channel(test::dims_vec(dims), last ? 3 : 1, 1);
+    const auto ref = reference::grouped_norm_forward(test::logical(x), grouping, gamma, beta, 1e-5);
+    for (std::size_t offset : {0, 1}) {
+      SCOPED_TRACE(::testing::Message() << "channels " << channels << ", channels_last " << last
+                                        << ", offset " << offset);
+      Eigen::Tensor<float, 1> ybuf(Index(n + 1));  // aligned storage
+      ybuf.setZero();
+      Eigen::TensorMap<Eigen::Tensor<float, 4, Eigen::RowMajor>> y(ybuf.data() + offset, dims);
+      in.forward(x, y);
+      EXPECT_TRUE(test::all_close(test::logical(y), ref.y, 1e-5, 1e-5));
+      EXPECT_EQ(ybuf(offset ? 0 : Index(n)), 0.f);  // nothing written outside the output
+    }
   }
 }
 

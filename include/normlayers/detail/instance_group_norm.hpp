@@ -253,29 +253,42 @@ void group_norm_forward_run(const GroupGeometry& g, const Parallel& par, const T
     return;
   }
   const auto n = static_cast<std::size_t>(g.inst.num_stats());
-  std::vector<Acc> m(n), m2(n);
-  stat_moments(g.inst.view, par, x, m.data(), m2.data());
+  std::vector<Acc> m(n), m2(n), scale(n), shift(n);
   const Acc count = static_cast<Acc>(g.inst.count);
-  for (Index ns = 0; ns < g.inst.batch; ++ns)
-    for (Index grp = 0; grp < g.groups; ++grp) {
-      // The group's first (n, c) statistic and the distance between its channels.
-      const Index c0 = grp * g.group_size;
-      const Index s0 = g.inst.row_major ? ns * g.inst.channels + c0 : c0 * g.inst.batch + ns;
-      const Index stride = g.inst.row_major ? 1 : g.inst.batch;
-      Acc gm = 0, gm2 = 0;
-      merge_group_moments(g.group_size, count, m.data() + s0, m2.data() + s0, stride, gm, gm2);
-      const Index gs = g.inst.row_major ? ns * g.groups + grp : grp * g.inst.batch + ns;
-      mean[gs] = gm;
-      rstd[gs] = Acc(1) / std::sqrt(gm2 / static_cast<Acc>(g.count) + eps);
+  // Group (ns, grp) from its channels' moments m, m2: its mean and rstd, and
+  // per (n, c) of its channels the group mean in m, scale and shift.
+  const auto finish_group = [&](Index ns, Index grp) {
+    // The group's first (n, c) statistic and the distance between its channels.
+    const Index c0 = grp * g.group_size;
+    const Index s0 = g.inst.row_major ? ns * g.inst.channels + c0 : c0 * g.inst.batch + ns;
+    const Index stride = g.inst.row_major ? 1 : g.inst.batch;
+    Acc gm = 0, gm2 = 0;
+    merge_group_moments(g.group_size, count, m.data() + s0, m2.data() + s0, stride, gm, gm2);
+    const Index gs = g.inst.row_major ? ns * g.groups + grp : grp * g.inst.batch + ns;
+    const Acc r = Acc(1) / std::sqrt(gm2 / static_cast<Acc>(g.count) + eps);
+    mean[gs] = gm;
+    rstd[gs] = r;
+    for (Index d = 0; d < g.group_size; ++d) {
+      const auto s = static_cast<std::size_t>(s0 + d * stride);
+      m[s] = gm;
+      scale[s] = r * (gamma ? static_cast<Acc>(gamma[c0 + d]) : Acc(1));
+      shift[s] = beta ? static_cast<Acc>(beta[c0 + d]) : Acc(0);
     }
-  std::vector<Acc> scale(n), shift(n);
-  for (std::size_t s = 0; s < n; ++s) {
-    const Index gs = g.group_stat_of(Index(s)), c = g.inst.channel_of(Index(s));
-    m[s] = mean[gs];
-    scale[s] = rstd[gs] * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1));
-    shift[s] = beta ? static_cast<Acc>(beta[c]) : Acc(0);
+  };
+  const View& v = g.inst.view;
+  if (pipelines_lanes<T>(v) && g.inst.row_major && v.T == g.inst.channels) {
+    // Channels-last row-major: block p is sample p (R == 1), lanes across
+    // all its channels, so its groups are finished once the block is summed.
+    pipelined_lanes_forward(v, par, x, y, m.data(), m2.data(), scale.data(), shift.data(),
+                            [&](Index ns) {
+                              for (Index grp = 0; grp < g.groups; ++grp) finish_group(ns, grp);
+                            });
+    return;
   }
-  stat_apply(g.inst.view, par, x, y, m.data(), scale.data(), shift.data());
+  stat_moments(v, par, x, m.data(), m2.data());
+  for (Index ns = 0; ns < g.inst.batch; ++ns)
+    for (Index grp = 0; grp < g.groups; ++grp) finish_group(ns, grp);
+  stat_apply(v, par, x, y, m.data(), scale.data(), shift.data());
 }
 
 // GroupNorm backward. Per (n, c): a = sum dy, b = sum dy*(x - mean_g); per

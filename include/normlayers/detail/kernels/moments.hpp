@@ -164,9 +164,25 @@ inline constexpr auto nothing_else = [](Index, auto) {};
 // log2(9) bits lost to cancellation in a chunk of 128 rows before the check.
 inline constexpr Index shift_rows = 16;
 
-// mean[t], m2[t] for t < b.lanes.
-template <bool Centered, typename T>
-void block_moments(const T* x, const Block& b, T* mean, T* m2) {
+// The `ride` of a lane sweep that has nothing riding along.
+struct no_ride {
+  template <typename K, typename V>
+  auto operator()(Index, K, V) const {
+    return [](Index) {};
+  }
+};
+
+// Packets per strip of lanes in block_moments.
+inline constexpr int moments_strip = vector_registers / 4;
+
+// mean[t], m2[t] for t < b.lanes. Lanes across statistics (not contiguous
+// runs) optionally carry a sweep over another block riding along the read:
+// per chunk of rows and strip of lanes, ride(t0, k, as) (the strip's first
+// lane, its width std::integral_constant<int, K> and value type, as in
+// for_each_strip) returns a functor of the row offset, called once for every
+// row of the chunk right after its values are summed.
+template <bool Centered, typename T, typename Ride = no_ride>
+void block_moments(const T* x, const Block& b, T* mean, T* m2, Ride ride = {}) {
   const Index m = b.reduced();
   if (m == 0) {
     for (Index t = 0; t < b.lanes; ++t) mean[t] = m2[t] = std::numeric_limits<T>::quiet_NaN();
@@ -198,16 +214,20 @@ void block_moments(const T* x, const Block& b, T* mean, T* m2) {
   // nothing measurable.)
   Index count = 0;
   for_each_row_chunk(b, [&](auto rows, Index n) {
-    for_each_strip<T, vector_registers / 4>(b.lanes, [&](Index t0, auto k, auto as) {
+    for_each_strip<T, moments_strip>(b.lanes, [&](Index t0, auto k, auto as) {
       using V = decltype(as);
       constexpr int K = decltype(k)::value;
       constexpr Index W = width_of<V, T>;
-      const auto at = [&](Index row, Index i) { return load_as<V>(x + row + t0 + i * W); };
+      const auto at = [x, t0](Index row, Index i) { return load_as<V>(x + row + t0 + i * W); };
+      const auto along = ride(t0, k, as);
       const V inv_n = splat<V>(T(1) / static_cast<T>(n));
       V mu[K], ss[K], shift[K];
       unrolled<K>([&](auto i) { mu[i] = ss[i] = splat<V>(T(0)); });
       if constexpr (!Centered) {
-        rows([&](Index row) { unrolled<K>([&](auto i) { ss[i] = square_term(ss[i], at(row, i), mu[i]); }); });
+        rows([&, at, along](Index row) {
+          unrolled<K>([&](auto i) { ss[i] = square_term(ss[i], at(row, i), mu[i]); });
+          along(row);
+        });
       } else {
         if (count > 0) {
           unrolled<K>([&](auto i) { shift[i] = load_as<V>(mean + t0 + i * W); });
@@ -218,8 +238,9 @@ void block_moments(const T* x, const Block& b, T* mean, T* m2) {
           const V inv_m = splat<V>(T(1) / static_cast<T>(first_rows));
           unrolled<K>([&](auto i) { shift[i] = pmul(mu[i], inv_m), mu[i] = splat<V>(T(0)); });
         }
-        rows([&](Index row) {
+        rows([&, at, along](Index row) {
           unrolled<K>([&](auto i) { shifted_terms(at(row, i), mu[i], ss[i], shift[i]); });
+          along(row);
         });
         bool cancels = false;  // somewhere s2 > 4 M2 (or NaN), checked in the first chunk
         unrolled<K>([&](auto i) {

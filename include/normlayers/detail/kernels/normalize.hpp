@@ -88,6 +88,32 @@ auto per_stat_apply_at(const T* x, T* y, bool stream, T mean, T scale, T shift) 
   };
 }
 
+// normalize_block_per_stat's map of the lanes t.. (a V of them, V the type
+// of `as`) of a block of lanes across statistics, for map_lanes.
+template <typename T>
+auto per_stat_lane_map(const T* mean, const T* scale, const T* shift) {
+  return [=](Index t, auto as) {
+    using V = decltype(as);
+    const V mt = load_as<V>(mean + t), st = load_as<V>(scale + t), ht = load_as<V>(shift + t);
+    return [=](V v) { return pmadd(psub(v, mt), st, ht); };
+  };
+}
+
+// normalize_block_per_stat on a block of lanes as the ride of block_moments
+// over another block of the same shape (see pipelined_lanes_forward): per
+// strip, the functor of the row offset that normalizes the strip's values in
+// that row. Aligned packets are streamed when `stream`.
+template <typename T>
+auto per_stat_apply_lanes(const T* x, T* y, bool stream, const T* mean, const T* scale,
+                          const T* shift) {
+  return [=, make = per_stat_lane_map(mean, scale, shift)](Index t0, auto k, auto as) {
+    using V = decltype(as);
+    const auto g = strip_functors<decltype(k)::value, T>(make, t0, as);
+    // By value: stores to y cannot alias the pointers and constants.
+    return [=](Index row) { map_strip_row<decltype(k)::value, V>(g, y + row + t0, stream, x + row + t0); };
+  };
+}
+
 // Norms whose affine map is constant over each statistic (BatchNorm,
 // InstanceNorm, GroupNorm's apply): over one block,
 //   y = (x - mean[t]) * scale[t] + shift[t]
@@ -111,11 +137,7 @@ void normalize_block_per_stat(const T* x, T* y, const Block& b, const T* mean, c
     }, b.stream);
     return;
   }
-  map_block(x, y, b, f, [=](Index t, auto as) {
-    using V = decltype(as);
-    const V mt = load_as<V>(mean + t), st = load_as<V>(scale + t), ht = load_as<V>(shift + t);
-    return [=](V v) { return pmadd(psub(v, mt), st, ht); };
-  });
+  map_block(x, y, b, f, per_stat_lane_map(mean, scale, shift));
 }
 
 }  // namespace normlayers::detail::kernels

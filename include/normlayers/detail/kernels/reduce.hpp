@@ -166,6 +166,21 @@ void sum2_lanes(const T* x, const T* y, const Block& b, Make make, T* out_a, T* 
   });
 }
 
+// One row of a strip of K vectors (V) of lanes: dst[i W ..] = g[i](src[i W
+// ..]...) for i < K, one pointer per input at the strip's first lane. Aligned
+// packets are streamed when `stream`.
+template <int K, typename V, typename G, typename T, typename... In>
+inline void map_strip_row(const G& g, T* dst, bool stream, const In*... src) {
+  constexpr Index W = width_of<V, T>;
+  if constexpr (W > 1) {
+    if (stream && reinterpret_cast<std::uintptr_t>(dst) % (W * sizeof(T)) == 0) {
+      unrolled<K>([&](auto i) { store_streaming(dst + i * W, g[i](load_as<V>(src + i * W)...)); });
+      return;
+    }
+  }
+  unrolled<K>([&](auto i) { store_as(dst + i * W, g[i](load_as<V>(src + i * W)...)); });
+}
+
 // out[i] = g(in[i]...) over the block, lanes across statistics: make(t, as)
 // returns the functor g of lanes t.. (a V of them), which takes a V of each
 // input. Aligned packets are streamed when b.stream.
@@ -175,24 +190,11 @@ void map_lanes(T* out, const Block& b, Make make, const In*... in) {
     for_each_strip<T, MaxK>(b.lanes, [&](Index t0, auto k, auto as) {
       using V = decltype(as);
       constexpr int K = decltype(k)::value;
-      constexpr Index W = width_of<V, T>;
       const auto g = strip_functors<K, T>(make, t0, as);
       // By value: stores to out cannot alias the pointers and constants.
       rows([=, stream = b.stream](Index row) {
         const Index o = row + t0;
-        T* dst = out + o;
-        // One pointer per input and row; the strip's vectors at fixed offsets from it.
-        [&](const auto*... src) {
-          if constexpr (W > 1) {
-            if (stream && reinterpret_cast<std::uintptr_t>(dst) % (W * sizeof(T)) == 0) {
-              unrolled<K>([&](auto i) {
-                store_streaming(dst + i * W, g[i](load_as<V>(src + i * W)...));
-              });
-              return;
-            }
-          }
-          unrolled<K>([&](auto i) { store_as(dst + i * W, g[i](load_as<V>(src + i * W)...)); });
-        }(in + o...);
+        map_strip_row<K, V>(g, out + o, stream, in + o...);
       });
     });
   });
