@@ -121,24 +121,21 @@ void channel_norm_forward_chunked(const View& v, const Parallel& par, const T* x
         kernels::block_moments<true>(x + chunk_offset(v, c), chunk_block(v, c, 1),
                                      means.data() + c * L, m2s.data() + c * L);
     });
+  if (batch_stats) {  // the chunks' moments merged into chunk 0's, in chunk order
+    Acc count = static_cast<Acc>(chunk_block(v, 0, 1).S);
+    for (Index c = 1; c < chunks; ++c) {
+      const Acc n = static_cast<Acc>(chunk_block(v, c, 1).S);
+      kernels::merge_moments_lanes(count, means.data(), m2s.data(), n, means.data() + c * L,
+                                   m2s.data() + c * L, L);
+      count += n;
+    }
+  }
   std::vector<Acc> scale(lanes), shift(lanes);
   for (Index t = 0; t < L; ++t) {
-    Acc m, var_t;
-    if (batch_stats) {
-      Acc m2 = m2s[std::size_t(t)], count = static_cast<Acc>(chunk_block(v, 0, 1).S);
-      m = means[std::size_t(t)];
-      for (Index c = 1; c < chunks; ++c) {
-        const Acc n = static_cast<Acc>(chunk_block(v, c, 1).S);
-        kernels::merge_moments(count, m, m2, n, means[std::size_t(c * L + t)],
-                               m2s[std::size_t(c * L + t)]);
-        count += n;
-      }
-      var_t = m2 / static_cast<Acc>(v.S);
-    } else {
-      m = static_cast<Acc>(stats_mean[t]);
-      var_t = static_cast<Acc>(stats_var[t]);
-    }
-    std::tie(scale[std::size_t(t)], shift[std::size_t(t)]) = finish(t, m, var_t);
+    const auto i = std::size_t(t);
+    std::tie(scale[i], shift[i]) =
+        batch_stats ? finish(t, means[i], m2s[i] / static_cast<Acc>(v.S))
+                    : finish(t, static_cast<Acc>(stats_mean[t]), static_cast<Acc>(stats_var[t]));
   }
   par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
     for (Index c = first; c < last; ++c)
@@ -376,10 +373,13 @@ void channel_norm_backward_chunked(const View& v, const Parallel& par, const T* 
   const std::vector<Acc> u(lanes, Acc(1));
   std::vector<Acc> shift(lanes, Acc(0)), w(lanes), z(lanes, Acc(0));
   const Acc inv_m = Acc(1) / static_cast<Acc>(v.S);
+  for (Index c = 1; c < chunks; ++c)  // the chunks' sums added into chunk 0's, in chunk order
+    for (std::size_t t = 0; t < lanes; ++t) {
+      a[t] += a[std::size_t(c) * lanes + t];
+      b[t] += b[std::size_t(c) * lanes + t];
+    }
   for (Index t = 0; t < L; ++t) {
-    Acc sum_dy = 0, sum_dyxc = 0;
-    for (Index c = 0; c < chunks; ++c)
-      sum_dy += a[std::size_t(c * L + t)], sum_dyxc += b[std::size_t(c * L + t)];
+    const Acc sum_dy = a[std::size_t(t)], sum_dyxc = b[std::size_t(t)];
     const Acc r = rstd[t], gr = r * (gamma ? static_cast<Acc>(gamma[t]) : Acc(1));
     w[std::size_t(t)] = gr;
     if (batch_stats) {

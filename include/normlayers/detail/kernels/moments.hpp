@@ -35,6 +35,22 @@ void merge_moments(T count_a, V& mean_a, V& m2_a, T count_b, V mean_b, V m2_b) {
   m2_a = padd(m2_a, pmadd(pmul(delta, delta), splat<V>(count_a * count_b / count), m2_b));
 }
 
+// merge_moments of `lanes` statistics side by side: (mean_b, m2_b)[t], from
+// count_b values each, merged into (mean_a, m2_a)[t], from count_a.
+template <typename T>
+void merge_moments_lanes(T count_a, T* mean_a, T* m2_a, T count_b, const T* mean_b,
+                         const T* m2_b, Index lanes) {
+  constexpr Index N = packet_size<T>;
+  Index t = 0;
+  for (; t + N <= lanes; t += N) {
+    packet_t<T> m = load(mean_a + t), s = load(m2_a + t);
+    merge_moments(count_a, m, s, count_b, load(mean_b + t), load(m2_b + t));
+    store(mean_a + t, m);
+    store(m2_a + t, s);
+  }
+  for (; t < lanes; ++t) merge_moments(count_a, mean_a[t], m2_a[t], count_b, mean_b[t], m2_b[t]);
+}
+
 // The terms of the centered pass: acc + (v - mu)^2.
 template <typename V, typename S>  // S: the scalar mean, or a V of means
 inline V square_term(const V& acc, const V& v, const S& mu) {
