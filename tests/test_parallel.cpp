@@ -174,4 +174,30 @@ TEST(Parallel, GroupNormAndInstanceNorm) {
   });
 }
 
+
+// Channels-last InstanceNorm and GroupNorm forwards read from memory (over 4M
+// values) with rows of one strip pipeline their samples: one is summed while
+// the previous one is normalized, the first of every range alone. 8 channels
+// (one strip for SSE, AVX2 and AVX-512 in double); results must not depend
+// on where ranges start.
+TEST(Parallel, PipelinedChannelsLastForward) {
+  const std::array<Index, 4> dims{3, 420, 420, 8};
+  ASSERT_GT(test::numel(dims), Index(4) << 20);
+  expect_same_for_any_thread_count<Eigen::RowMajor>(dims, [] {
+    nl::InstanceNormOptions o;
+    o.channels_last = true;
+    o.affine = true;
+    nl::InstanceNorm<double> in(8, o);
+    test::set_random_params(in, 10);
+    return in;
+  });
+  expect_same_for_any_thread_count<Eigen::RowMajor>(dims, [] {
+    nl::GroupNormOptions o;
+    o.channels_last = true;
+    nl::GroupNorm<double> gn(4, 8, o);
+    test::set_random_params(gn, 11);
+    return gn;
+  });
+}
+
 }  // namespace
