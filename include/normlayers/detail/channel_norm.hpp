@@ -211,7 +211,13 @@ void pipelined_lanes_forward(const View& v, const Parallel& par, const T* x, T* 
   const kernels::Block b{v.Q, v.S, v.T, v.q_stride(), v.T, v.streams_output(1)};
   const auto offset = [&](Index block) { return v.block_offset(block / v.R, block % v.R); };
   const auto stat = [&](Index block) { return v.stat_offset(block / v.R, block % v.R); };
-  par.for_ranges(v.P * v.R, double(b.reduced() * b.lanes) * 8.0, [&](Index first, Index last) {
+  // One range of consecutive blocks per thread, so that all but its first
+  // block ride (a range of a block each would pipeline nothing); where the
+  // ranges start changes no result.
+  const Index blocks = v.P * v.R, parts = std::min<Index>(blocks, std::max(1, par.num_threads()));
+  par.for_ranges(parts, double(blocks * b.reduced() * b.lanes) * 8.0 / double(parts),
+                 [&](Index first_part, Index last_part) {
+    const Index first = first_part * blocks / parts, last = last_part * blocks / parts;
     for (Index block = first; block < last; ++block) {
       const Index o = offset(block), s = stat(block);
       if (block == first) {
