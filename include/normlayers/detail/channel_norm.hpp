@@ -71,7 +71,11 @@ ChannelGeometry channel_geometry(const char* layer, const X& x, Index num_featur
 // independent blocks to spread over threads, so its rows are cut in chunks of
 // row_chunk rows: per-chunk moments or sums, merged in chunk order. The cut
 // depends on the shape alone, so results do not depend on the thread count.
-inline constexpr Index row_chunk = 256;
+// Each chunk starts its moments afresh (a shift from its first rows, see
+// block_moments): chunks of 512 rather than 256 rows measured faster
+// (32x64x56x56 forward, AVX-512, medians of alternating runs: 0.66-0.67 ->
+// 0.70-0.71 of a memcpy; 1024 rows the same as 512).
+inline constexpr Index row_chunk = 512;
 inline bool use_row_chunks(const View& v) {
   return v.P * v.R == 1 && v.Q == 1 && v.T <= lane_piece && v.S >= 2 * row_chunk;
 }
