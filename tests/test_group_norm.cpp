@@ -278,7 +278,8 @@ TEST(GroupNormLarge, StreamingPipelinedForwardMatchesTheReference) {
   const std::size_t n = std::size_t(test::numel(dims));
   ASSERT_GT(n, std::size_t(4) << 20);
   auto gn = make_gn<float>(4, 16, {true, true}, 14);
-  const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 15, -0.5, 2.0));
+  const auto x =
+      test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 15, -0.5, 2.0));
   const Vec gamma = test::to_vec(gn.weight()), beta = test::to_vec(gn.bias());
   const auto grouping = reference::group_by_sample_and_channel(test::dims_vec(dims), 3, 4);
   const auto ref = reference::grouped_norm_forward(test::logical(x), grouping, gamma, beta, 1e-5);

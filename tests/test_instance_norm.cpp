@@ -264,9 +264,11 @@ TEST(InstanceNormLarge, StreamingForwardMatchesTheReference) {
     const std::size_t n = std::size_t(test::numel(dims));
     ASSERT_GT(n, std::size_t(4) << 20);
     auto in = make_in<float>(channels, {true, last, false, true}, 12);
-    const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 13, -0.5, 2.0));
+    const auto x =
+        test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 13, -0.5, 2.0));
     const Vec gamma = test::to_vec(in.weight()), beta = test::to_vec(in.bias());
-    const auto grouping = reference::group_by_sample_and_channel(test::dims_vec(dims), last ? 3 : 1, 1);
+    const auto grouping =
+        reference::group_by_sample_and_channel(test::dims_vec(dims), last ? 3 : 1, 1);
     const auto ref = reference::grouped_norm_forward(test::logical(x), grouping, gamma, beta, 1e-5);
     SCOPED_TRACE(::testing::Message() << "channels " << channels << ", channels_last " << last);
     test::expect_forward_at_offsets(dims, [&](auto& y) { in.forward(x, y); }, ref.y, 1e-5, 1e-5);

@@ -132,7 +132,8 @@ TEST(Parallel, GroupNormAndInstanceNorm) {
   for_both_layouts([](auto layout) {
     constexpr int L = decltype(layout)::value;
     for (bool last : {false, true}) {
-      const auto dims = last ? std::array<Index, 4>{3, 40, 40, 8} : std::array<Index, 4>{3, 8, 40, 40};
+      const auto dims =
+          last ? std::array<Index, 4>{3, 40, 40, 8} : std::array<Index, 4>{3, 8, 40, 40};
       expect_same_for_any_thread_count<L>(dims, [=] {
         nl::GroupNormOptions o;
         o.channels_last = last;

@@ -228,9 +228,9 @@ void pipelined_lanes_forward(const View& v, const Parallel& par, const T* x, T* 
         kernels::block_moments<true>(x + o, b, mean + s, m2 + s);
       } else {
         const Index po = offset(block - 1), ps = stat(block - 1);
-        kernels::block_moments<true>(x + o, b, mean + s, m2 + s,
-                                     kernels::per_stat_apply_lanes(x + po, y + po, b.stream, mean + ps,
-                                                                   scale + ps, shift + ps));
+        const auto ride = kernels::per_stat_apply_lanes(x + po, y + po, b.stream, mean + ps,
+                                                        scale + ps, shift + ps);
+        kernels::block_moments<true>(x + o, b, mean + s, m2 + s, ride);
       }
       finish(block);
     }

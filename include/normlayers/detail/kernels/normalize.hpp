@@ -108,9 +108,10 @@ auto per_stat_apply_lanes(const T* x, T* y, bool stream, const T* mean, const T*
                           const T* shift) {
   return [=, make = per_stat_lane_map(mean, scale, shift)](Index t0, auto k, auto as) {
     using V = decltype(as);
-    const auto g = strip_functors<decltype(k)::value, T>(make, t0, as);
+    constexpr int K = decltype(k)::value;
+    const auto g = strip_functors<K, T>(make, t0, as);
     // By value: stores to y cannot alias the pointers and constants.
-    return [=](Index row) { map_strip_row<decltype(k)::value, V>(g, y + row + t0, stream, x + row + t0); };
+    return [=](Index row) { map_strip_row<K, V>(g, y + row + t0, stream, x + row + t0); };
   };
 }
 
