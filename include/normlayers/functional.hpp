@@ -207,7 +207,7 @@ void batch_norm_backward_checked(const char* layer, const X& x, const DY& dy, DX
                        {"rstd", rstd.size()}});
   if (g.view.size() == 0) return;
   const auto c = static_cast<std::size_t>(g.channels);
-  std::vector<Acc> dgamma(weight_grad ? c : 0), dbeta(bias_grad ? c : 0);
+  detail::aligned_vector<Acc> dgamma(weight_grad ? c : 0), dbeta(bias_grad ? c : 0);
   channel_norm_backward(g.view, parallel, x.data(), dy.data(), dx.data(), weight.data(), mean.data(),
                         rstd.data(), batch_stats, weight_grad ? dgamma.data() : nullptr,
                         bias_grad ? dbeta.data() : nullptr);
@@ -249,7 +249,7 @@ void batch_norm_forward(const X& x, Y&& y, span<const param_of<X>> weight,
   if (!training && !running_mean)
     detail::throw_invalid(layer, "running_mean and running_var are required when not training");
   const auto c = static_cast<std::size_t>(g.channels);
-  std::vector<Acc> mean(c), var(c), rstd(c);
+  detail::aligned_vector<Acc> mean(c), var(c), rstd(c);
   detail::batch_norm_run(g, x, y, weight, bias, training, span<const param_of<X>>(running_mean),
                          span<const param_of<X>>(running_var), eps, mean.data(), var.data(),
                          rstd.data(), parallel);
@@ -351,7 +351,7 @@ void instance_norm_forward(const X& x, Y&& y, span<const param_of<X>> weight = {
     detail::throw_invalid(layer, "running_mean and running_var are required without use_input_stats");
   if (g.view.size() == 0) return;
   const auto n = static_cast<std::size_t>(g.num_stats());
-  std::vector<Acc> mean(n), var(n), rstd(n);
+  detail::aligned_vector<Acc> mean(n), var(n), rstd(n);
   detail::instance_norm_forward_run(g, parallel, x.data(), y.data(), weight.data(), bias.data(),
                                     static_cast<Acc>(eps), use_input_stats, running_mean.data(),
                                     running_var.data(), mean.data(), var.data(), rstd.data());
@@ -413,7 +413,7 @@ void group_norm_forward(const X& x, Y&& y, Eigen::Index num_groups, span<const p
   detail::check_size(layer, "save_rstd", save_rstd, g.num_group_stats(), "one per (sample, group)");
   if (g.inst.view.size() == 0) return;
   const auto n = static_cast<std::size_t>(g.num_group_stats());
-  std::vector<Acc> mean(n), rstd(n);
+  detail::aligned_vector<Acc> mean(n), rstd(n);
   detail::group_norm_forward_run(g, parallel, x.data(), y.data(), weight.data(), bias.data(),
                                  static_cast<Acc>(eps), mean.data(), rstd.data());
   if (save_mean) std::copy(mean.begin(), mean.end(), save_mean.data());

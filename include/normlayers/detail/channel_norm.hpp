@@ -118,7 +118,7 @@ void channel_norm_forward_chunked(const View& v, const Parallel& par, const T* x
   const auto lanes = static_cast<std::size_t>(L);
   const double chunk_bytes = double(row_chunk * L) * 8.0;
   const FinishStat<P, Acc> finish{gamma, beta, eps, mean, var, rstd};
-  std::vector<Acc> means(batch_stats ? lanes * std::size_t(chunks) : 0), m2s(means.size());
+  aligned_vector<Acc> means(batch_stats ? lanes * std::size_t(chunks) : 0), m2s(means.size());
   if (batch_stats)
     par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
       for (Index c = first; c < last; ++c)
@@ -134,7 +134,7 @@ void channel_norm_forward_chunked(const View& v, const Parallel& par, const T* x
       count += n;
     }
   }
-  std::vector<Acc> scale(lanes), shift(lanes);
+  aligned_vector<Acc> scale(lanes), shift(lanes);
   for (Index t = 0; t < L; ++t) {
     const auto i = std::size_t(t);
     std::tie(scale[i], shift[i]) =
@@ -257,7 +257,7 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
   const FinishStat<P, Acc> finish{gamma, beta, eps, mean_out, var_out, rstd_out};
   if (!batch_stats) {  // given statistics: one elementwise pass, in storage order
     const auto n = static_cast<std::size_t>(v.num_stats());
-    std::vector<Acc> mean(n), scale(n), shift(n);
+    aligned_vector<Acc> mean(n), scale(n), shift(n);
     for (std::size_t c = 0; c < n; ++c) {
       mean[c] = static_cast<Acc>(stats_mean[c]);
       std::tie(scale[c], shift[c]) = finish(Index(c), mean[c], static_cast<Acc>(stats_var[c]));
@@ -298,7 +298,7 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
   }
   if (pipelines_lanes<T>(v)) {
     const auto n = static_cast<std::size_t>(v.num_stats());
-    std::vector<Acc> scale(n), shift(n);
+    aligned_vector<Acc> scale(n), shift(n);
     const Acc count = static_cast<Acc>(v.reduced_size());
     pipelined_lanes_forward(v, par, x, y, mean_out, var_out, scale.data(), shift.data(),
                             [&](Index block) {
@@ -310,10 +310,10 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
     return;
   }
   struct State {
-    std::vector<Acc> mean, var, scale, shift;
+    aligned_vector<Acc> mean, var, scale, shift;
   };
-  auto make = [lanes] { return State{std::vector<Acc>(lanes), std::vector<Acc>(lanes),
-                                     std::vector<Acc>(lanes), std::vector<Acc>(lanes)}; };
+  auto make = [lanes] { return State{aligned_vector<Acc>(lanes), aligned_vector<Acc>(lanes),
+                                     aligned_vector<Acc>(lanes), aligned_vector<Acc>(lanes)}; };
   for_each_stat_block(v, par, 1, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {
     kernels::block_moments<true>(x + offset, b, st.mean.data(), st.var.data());
     for (Index t = 0; t < b.lanes; ++t) st.var[std::size_t(t)] /= static_cast<Acc>(b.reduced());
@@ -374,14 +374,14 @@ void channel_norm_backward_chunked(const View& v, const Parallel& par, const T* 
   const Index L = v.T, chunks = row_chunks(v);
   const auto lanes = static_cast<std::size_t>(L);
   const double chunk_bytes = double(row_chunk * L) * 12.0;
-  std::vector<Acc> a(lanes * std::size_t(chunks)), b(a.size());
+  aligned_vector<Acc> a(lanes * std::size_t(chunks)), b(a.size());
   par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
     for (Index c = first; c < last; ++c)
       kernels::backward_reduce_block(x + chunk_offset(v, c), dy + chunk_offset(v, c),
                                      chunk_block(v, c, 2), mean, a.data() + c * L, b.data() + c * L);
   });
-  const std::vector<Acc> u(lanes, Acc(1));
-  std::vector<Acc> shift(lanes, Acc(0)), w(lanes), z(lanes, Acc(0));
+  const aligned_vector<Acc> u(lanes, Acc(1));
+  aligned_vector<Acc> shift(lanes, Acc(0)), w(lanes), z(lanes, Acc(0));
   const Acc inv_m = Acc(1) / static_cast<Acc>(v.S);
   for (Index c = 1; c < chunks; ++c)  // the chunks' sums added into chunk 0's, in chunk order
     for (std::size_t t = 0; t < lanes; ++t) {
@@ -424,11 +424,11 @@ void channel_norm_backward(const View& v, const Parallel& par, const T* x, const
   }
   const auto lanes = static_cast<std::size_t>(v.T);
   struct State {
-    std::vector<Acc> sum_dy, sum_dyxc, u, shift, w, z;
+    aligned_vector<Acc> sum_dy, sum_dyxc, u, shift, w, z;
   };
   auto make = [lanes] {
-    return State{std::vector<Acc>(lanes), std::vector<Acc>(lanes), std::vector<Acc>(lanes, Acc(1)), std::vector<Acc>(lanes, Acc(0)),
-                 std::vector<Acc>(lanes), std::vector<Acc>(lanes, Acc(0))};
+    return State{aligned_vector<Acc>(lanes), aligned_vector<Acc>(lanes), aligned_vector<Acc>(lanes, Acc(1)), aligned_vector<Acc>(lanes, Acc(0)),
+                 aligned_vector<Acc>(lanes), aligned_vector<Acc>(lanes, Acc(0))};
   };
   const bool need_sums = batch_stats || dgamma || dbeta;
   for_each_stat_block(v, par, 2, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {

@@ -49,16 +49,16 @@ InstanceGeometry instance_geometry(const char* layer, const X& x, Index num_chan
 
 // values[channel_of(stat)] for every statistic.
 template <typename P>
-std::vector<P> per_stat(const InstanceGeometry& g, const P* per_channel) {
-  std::vector<P> out(per_channel ? static_cast<std::size_t>(g.num_stats()) : 0);
+aligned_vector<P> per_stat(const InstanceGeometry& g, const P* per_channel) {
+  aligned_vector<P> out(per_channel ? static_cast<std::size_t>(g.num_stats()) : 0);
   for (std::size_t s = 0; s < out.size(); ++s) out[s] = per_channel[g.channel_of(Index(s))];
   return out;
 }
 
 // out[channel] += sum over samples of per_stat[stat], samples in order.
 template <typename Acc, typename P>
-void add_per_channel(const InstanceGeometry& g, const std::vector<Acc>& stat_values, P* out) {
-  std::vector<Acc> sums(static_cast<std::size_t>(g.channels), Acc(0));
+void add_per_channel(const InstanceGeometry& g, const aligned_vector<Acc>& stat_values, P* out) {
+  aligned_vector<Acc> sums(static_cast<std::size_t>(g.channels), Acc(0));
   for (Index n = 0; n < g.batch; ++n)
     for (Index c = 0; c < g.channels; ++c) {
       const Index stat = g.row_major ? n * g.channels + c : c * g.batch + n;
@@ -110,7 +110,7 @@ void instance_norm_backward_run(const InstanceGeometry& g, const Parallel& par, 
                                 bool use_input_stats, P* dgamma, P* dbeta) {
   const auto gs = per_stat(g, gamma);
   const auto n = static_cast<std::size_t>(g.num_stats());
-  std::vector<Acc> dg(dgamma ? n : 0, Acc(0)), db(dbeta ? n : 0, Acc(0));
+  aligned_vector<Acc> dg(dgamma ? n : 0, Acc(0)), db(dbeta ? n : 0, Acc(0));
   channel_norm_backward(g.view, par, x, dy, dx, gamma ? gs.data() : nullptr, mean, rstd,
                         use_input_stats, dgamma ? dg.data() : nullptr,
                         dbeta ? db.data() : nullptr);
@@ -253,7 +253,7 @@ void group_norm_forward_run(const GroupGeometry& g, const Parallel& par, const T
     return;
   }
   const auto n = static_cast<std::size_t>(g.inst.num_stats());
-  std::vector<Acc> m(n), m2(n), scale(n), shift(n);
+  aligned_vector<Acc> m(n), m2(n), scale(n), shift(n);
   const Acc count = static_cast<Acc>(g.inst.count);
   // Group (ns, grp) from its channels' moments m, m2: its mean and rstd, and
   // per (n, c) of its channels the group mean in m, scale and shift.
@@ -300,18 +300,18 @@ void group_norm_backward_run(const GroupGeometry& g, const Parallel& par, const 
                              const P* gamma, const Acc* mean, const Acc* rstd, P* dgamma,
                              P* dbeta) {
   const auto n = static_cast<std::size_t>(g.inst.num_stats());
-  std::vector<Acc> a(n), b(n);  // per (n, c): sum dy, sum dy * (x - mean)
+  aligned_vector<Acc> a(n), b(n);  // per (n, c): sum dy, sum dy * (x - mean)
   if (groups_are_contiguous(g)) {
     group_norm_backward_fused(g, par, x, dy, dx, gamma, mean, rstd, a.data(), b.data());
     if (dgamma) add_per_channel(g.inst, b, dgamma);
     if (dbeta) add_per_channel(g.inst, a, dbeta);
     return;
   }
-  std::vector<Acc> m(n);
+  aligned_vector<Acc> m(n);
   for (std::size_t s = 0; s < n; ++s) m[s] = mean[g.group_stat_of(Index(s))];
   stat_backward_reduce(g.inst.view, par, x, dy, m.data(), a.data(), b.data());
   const auto groups = static_cast<std::size_t>(g.num_group_stats());
-  std::vector<Acc> group_a(groups, Acc(0)), group_b(groups, Acc(0));
+  aligned_vector<Acc> group_a(groups, Acc(0)), group_b(groups, Acc(0));
   for (std::size_t s = 0; s < n; ++s) {
     const Index c = g.inst.channel_of(Index(s));
     const Acc gc = gamma ? static_cast<Acc>(gamma[c]) : Acc(1);
@@ -324,7 +324,7 @@ void group_norm_backward_run(const GroupGeometry& g, const Parallel& par, const 
   if (dbeta) add_per_channel(g.inst, a, dbeta);
   // dx = (gamma_c*dy - A/M) * rstd + (x - mean) * (-rstd^3 * B/M)
   const Acc inv_m = Acc(1) / static_cast<Acc>(g.count);
-  std::vector<Acc> u(n), v(n), w(n), z(n);
+  aligned_vector<Acc> u(n), v(n), w(n), z(n);
   for (std::size_t s = 0; s < n; ++s) {
     const auto gs = static_cast<std::size_t>(g.group_stat_of(Index(s)));
     const Index c = g.inst.channel_of(Index(s));

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <type_traits>
+#include <vector>
 
 #include <unsupported/Eigen/CXX11/Tensor>
 
@@ -30,6 +31,14 @@ using acc_t = typename accumulator<Scalar>::type;
 // half/bfloat16 activations keep float weights as in mixed-precision training.
 template <typename Scalar>
 using param_t = acc_t<Scalar>;
+
+// Arrays of per-statistic values and partial sums that kernels load and
+// store as packets, row after row: aligned as Eigen aligns its tensors (to
+// the widest packet of the ISA compiled for). A packet that straddles two
+// cache lines costs twice: on AVX-512 (AMD EPYC), GroupNorm channels-last's
+// apply with 16-byte-aligned constants ran at half the speed.
+template <typename T>
+using aligned_vector = std::vector<T, Eigen::aligned_allocator<T>>;
 
 template <typename Scalar>
 inline constexpr bool is_supported_scalar_v =

@@ -78,7 +78,7 @@ inline std::vector<Index> param_order(const std::vector<Index>& normalized_shape
 
 // The parameters in visiting order: a pointer into `p` itself, or into `buf`.
 template <typename P>
-const P* params_in_order(span<const P> p, const std::vector<Index>& order, std::vector<P>& buf) {
+const P* params_in_order(span<const P> p, const std::vector<Index>& order, aligned_vector<P>& buf) {
   if (!p || order.empty()) return p.data();
   buf.resize(order.size());
   for (std::size_t s = 0; s < order.size(); ++s) buf[s] = p[order[s]];
@@ -102,7 +102,7 @@ void trailing_norm_forward(const TrailingGeometry& g, const Parallel& par,
                            Acc* rstd_out) {
   const View& v = g.view;
   if (v.size() == 0) return;
-  std::vector<P> weight_buf, bias_buf;
+  aligned_vector<P> weight_buf, bias_buf;
   const P* gamma = params_in_order(weight, order, weight_buf);
   const P* beta = params_in_order(bias, order, bias_buf);
   const Acc m = static_cast<Acc>(v.S);
@@ -141,9 +141,9 @@ void trailing_norm_forward(const TrailingGeometry& g, const Parallel& par,
   }
   const auto lanes = static_cast<std::size_t>(v.T);
   struct State {
-    std::vector<Acc> mean, rstd;
+    aligned_vector<Acc> mean, rstd;
   };
-  auto make = [lanes] { return State{std::vector<Acc>(lanes), std::vector<Acc>(lanes)}; };
+  auto make = [lanes] { return State{aligned_vector<Acc>(lanes), aligned_vector<Acc>(lanes)}; };
   for_each_stat_block(v, par, 1, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {
     kernels::block_moments<Centered>(x + offset, b, st.mean.data(), st.rstd.data());
     const auto lanes_here = static_cast<std::ptrdiff_t>(b.lanes);
@@ -168,7 +168,7 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
                             span<P> weight_grad, span<P> bias_grad) {
   const View& v = g.view;
   if (v.size() == 0) return;
-  std::vector<P> weight_buf;
+  aligned_vector<P> weight_buf;
   const P* gamma = params_in_order(weight, order, weight_buf);
   // Work items: chunks of rows (row-major inputs) times pieces of the lanes
   // (column-major inputs); each sums its own parameter gradients.
@@ -177,8 +177,8 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
   const Index pieces = (v.T + lane_piece - 1) / lane_piece;
   const Index items = chunks * pieces;
   const auto n = static_cast<std::size_t>(v.S);
-  std::vector<Acc> dgamma(weight_grad ? n * std::size_t(items) : 0, Acc(0));
-  std::vector<Acc> dbeta(bias_grad ? n * std::size_t(items) : 0, Acc(0));
+  aligned_vector<Acc> dgamma(weight_grad ? n * std::size_t(items) : 0, Acc(0));
+  aligned_vector<Acc> dbeta(bias_grad ? n * std::size_t(items) : 0, Acc(0));
   const double bytes_per_item = double(chunk_rows * v.S * std::min(v.T, lane_piece)) * 12.0;
   // The backward takes rows together at every size (measured, -march=native,
   // fraction of a memcpy: 4096x4096 0.37-0.39 -> 0.49-0.53, 2048x2048 0.28
@@ -188,7 +188,7 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
   // (see backward_rows_affine_s): now 8192x1024 0.50 -> 0.60, 8192x768 0.56
   // -> 0.64, 32768x256 0.54 -> 0.63.
   par.for_ranges(items, bytes_per_item, [&](Index first, Index last) {
-    std::vector<Acc> scratch(static_cast<std::size_t>(4 * std::min(v.T, lane_piece)));
+    aligned_vector<Acc> scratch(static_cast<std::size_t>(4 * std::min(v.T, lane_piece)));
     for (Index item = first; item < last; ++item) {
       const Index c = item / pieces, t0 = (item % pieces) * lane_piece;
       const Index width = std::min(lane_piece, v.T - t0);
@@ -214,7 +214,7 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
     }
     kernels::streaming_fence();
   });
-  auto add_chunks = [&](span<P> out, const std::vector<Acc>& partial) {
+  auto add_chunks = [&](span<P> out, const aligned_vector<Acc>& partial) {
     for (std::size_t s = 0; s < n; ++s) {
       Acc total = 0;
       for (Index item = 0; item < items; ++item) total += partial[std::size_t(item) * n + s];

@@ -138,7 +138,8 @@ void normalize_block_per_stat(const T* x, T* y, const Block& b, const T* mean, c
     }, b.stream);
     return;
   }
-  map_block(x, y, b, f, per_stat_lane_map(mean, scale, shift));
+  map_block(x, y, b, f, per_stat_lane_map(mean, scale, shift),
+            packet_aligned<T>(mean, scale, shift));
 }
 
 }  // namespace normlayers::detail::kernels
