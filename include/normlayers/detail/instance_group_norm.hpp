@@ -201,7 +201,12 @@ void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const
         const Acc scale = r * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1));
         const Acc shift = beta ? static_cast<Acc>(beta[c]) : Acc(0);
         const Index o = (gs * D + d) * hw;
-        kernels::normalize_block_per_stat(x + o, y + o, run, &gm, &scale, &shift);
+        // The apply, which reads the group back from L2, prefetches the
+        // next group meanwhile: its moments then read it from cache, not
+        // from L3 (measured, bench, 5 alternating runs, 1 thread:
+        // 8x320x32x32 415 -> 372 us, 2x320x64x64 405 -> 348 us).
+        kernels::normalize_block_per_stat(x + o, y + o, run, &gm, &scale, &shift,
+                                          gs + 1 < last ? D * hw : 0);
       }
     }
     if (run.stream) kernels::streaming_fence();
