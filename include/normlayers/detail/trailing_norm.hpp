@@ -214,11 +214,16 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
     }
     kernels::streaming_fence();
   });
-  auto add_chunks = [&](span<P> out, const aligned_vector<Acc>& partial) {
-    for (std::size_t s = 0; s < n; ++s) {
-      Acc total = 0;
-      for (Index item = 0; item < items; ++item) total += partial[std::size_t(item) * n + s];
-      out[order.empty() ? static_cast<Index>(s) : order[s]] += static_cast<P>(total);
+  // The items' sums added into item 0's, in item order, then into out: loops
+  // over s that vectorize (a scalar loop here cost 10 % of LayerNorm 64x768's
+  // backward).
+  auto add_chunks = [&](span<P> out, aligned_vector<Acc>& partial) {
+    for (Index item = 1; item < items; ++item)
+      for (std::size_t s = 0; s < n; ++s) partial[s] += partial[std::size_t(item) * n + s];
+    if (order.empty()) {
+      for (std::size_t s = 0; s < n; ++s) out[Index(s)] += static_cast<P>(partial[s]);
+    } else {
+      for (std::size_t s = 0; s < n; ++s) out[order[s]] += static_cast<P>(partial[s]);
     }
   };
   if (weight_grad) add_chunks(weight_grad, dgamma);
