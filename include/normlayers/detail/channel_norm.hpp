@@ -380,7 +380,6 @@ void channel_norm_backward_chunked(const View& v, const Parallel& par, const T* 
       kernels::backward_reduce_block(x + chunk_offset(v, c), dy + chunk_offset(v, c),
                                      chunk_block(v, c, 2), mean, a.data() + c * L, b.data() + c * L);
   });
-  const aligned_vector<Acc> u(lanes, Acc(1));
   aligned_vector<Acc> shift(lanes, Acc(0)), w(lanes), z(lanes, Acc(0));
   const Acc inv_m = Acc(1) / static_cast<Acc>(v.S);
   for (Index c = 1; c < chunks; ++c)  // the chunks' sums added into chunk 0's, in chunk order
@@ -402,8 +401,9 @@ void channel_norm_backward_chunked(const View& v, const Parallel& par, const T* 
   par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
     for (Index c = first; c < last; ++c)
       kernels::backward_apply_block(x + chunk_offset(v, c), dy + chunk_offset(v, c),
-                                    dx + chunk_offset(v, c), chunk_block(v, c, 2), mean, u.data(),
-                                    shift.data(), w.data(), z.data());
+                                    dx + chunk_offset(v, c), chunk_block(v, c, 2), mean,
+                                    static_cast<const Acc*>(nullptr), shift.data(), w.data(),
+                                    z.data());
     kernels::streaming_fence();
   });
 }
@@ -424,11 +424,12 @@ void channel_norm_backward(const View& v, const Parallel& par, const T* x, const
   }
   const auto lanes = static_cast<std::size_t>(v.T);
   struct State {
-    aligned_vector<Acc> sum_dy, sum_dyxc, u, shift, w, z;
+    aligned_vector<Acc> sum_dy, sum_dyxc, shift, w, z;
   };
   auto make = [lanes] {
-    return State{aligned_vector<Acc>(lanes), aligned_vector<Acc>(lanes), aligned_vector<Acc>(lanes, Acc(1)), aligned_vector<Acc>(lanes, Acc(0)),
-                 aligned_vector<Acc>(lanes), aligned_vector<Acc>(lanes, Acc(0))};
+    return State{aligned_vector<Acc>(lanes), aligned_vector<Acc>(lanes),
+                 aligned_vector<Acc>(lanes, Acc(0)), aligned_vector<Acc>(lanes),
+                 aligned_vector<Acc>(lanes, Acc(0))};
   };
   const bool need_sums = batch_stats || dgamma || dbeta;
   for_each_stat_block(v, par, 2, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {
@@ -448,7 +449,8 @@ void channel_norm_backward(const View& v, const Parallel& par, const T* x, const
       if (dbeta) dbeta[c] += st.sum_dy[t];
     }
     kernels::backward_apply_block(x + offset, dy + offset, dx + offset, b, mean + stat,
-                                  st.u.data(), st.shift.data(), st.w.data(), st.z.data());
+                                  static_cast<const Acc*>(nullptr), st.shift.data(), st.w.data(),
+                                  st.z.data());
   });
 }
 

@@ -223,26 +223,37 @@ void backward_reduce_block(const T* x, const T* dy, const Block& b, const T* mea
 
 // Apply: dx = (dy * u[t] + v[t]) * w[t] + (x - mean[t]) * z[t], with dy * u
 // rounded before v is added, as the reduce pass summed it, so terms that
-// cancel (dy - mean(dy) for one value per statistic) cancel exactly.
+// cancel (dy - mean(dy) for one value per statistic) cancel exactly. u null:
+// 1 (BatchNorm, InstanceNorm: gamma is in w), one load and multiply less.
 template <typename T>
 void backward_apply_block(const T* x, const T* dy, T* dx, const Block& b, const T* mean,
                           const T* u, const T* v, const T* w, const T* z) {
-  const T m = mean[0], u0 = u[0], v0 = v[0], w0 = w[0], z0 = z[0];  // by value: see normalize.hpp
-  map2_block(
-      x, dy, dx, b,
-      [=](auto xv, auto dv) {
-        using V = decltype(xv);
-        return pmadd(padd(pmul(dv, splat<V>(u0)), splat<V>(v0)), splat<V>(w0),
-                     pmul(psub(xv, splat<V>(m)), splat<V>(z0)));
-      },
-      [=](Index t, auto as) {
-        using V = decltype(as);
-        const V mt = load_as<V>(mean + t), ut = load_as<V>(u + t), vt = load_as<V>(v + t),
-                wt = load_as<V>(w + t), zt = load_as<V>(z + t);
-        return [=](V xv, V dv) {
-          return pmadd(padd(pmul(dv, ut), vt), wt, pmul(psub(xv, mt), zt));
-        };
-      });
+  with_affine(u, static_cast<const T*>(nullptr), [&](auto has_u, auto) {
+    constexpr bool U = decltype(has_u)::value;
+    // By value: see normalize.hpp.
+    const T m = mean[0], u0 = U ? u[0] : T(1), v0 = v[0], w0 = w[0], z0 = z[0];
+    map2_block(
+        x, dy, dx, b,
+        [=](auto xv, auto dv) {
+          using V = decltype(xv);
+          const V g = U ? pmul(dv, splat<V>(u0)) : dv;
+          return pmadd(padd(g, splat<V>(v0)), splat<V>(w0),
+                       pmul(psub(xv, splat<V>(m)), splat<V>(z0)));
+        },
+        [=](Index t, auto as) {
+          using V = decltype(as);
+          const V mt = load_as<V>(mean + t), vt = load_as<V>(v + t), wt = load_as<V>(w + t),
+                  zt = load_as<V>(z + t);
+          if constexpr (U) {
+            const V ut = load_as<V>(u + t);
+            return [=](V xv, V dv) {
+              return pmadd(padd(pmul(dv, ut), vt), wt, pmul(psub(xv, mt), zt));
+            };
+          } else {
+            return [=](V xv, V dv) { return pmadd(padd(dv, vt), wt, pmul(psub(xv, mt), zt)); };
+          }
+        });
+  });
 }
 
 }  // namespace normlayers::detail::kernels
