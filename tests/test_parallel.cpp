@@ -164,8 +164,9 @@ TEST(Parallel, GroupNormAndInstanceNorm) {
     }
   });
   // Wide channels-last GroupNorm: packet strips and several row chunks per
-  // sample; with 300 channels, rows applied whole for one thread, cut into
-  // pieces of 256 lanes for 4 (fewer samples than threads).
+  // sample; with 300 channels, a sample per visit and rows applied whole for
+  // 1 and 2 threads, separate passes over pieces of 256 lanes for 4 (fewer
+  // samples than threads).
   for_both_layouts([](auto layout) {
     for (Index channels : {120, 300}) {
       expect_same_for_any_thread_count<decltype(layout)::value>(

@@ -290,6 +290,25 @@ void group_norm_forward_run(const GroupGeometry& g, const Parallel& par, const T
                             });
     return;
   }
+  if (g.inst.row_major && v.T == g.inst.channels && v.P >= par.num_threads()) {
+    // Channels-last row-major, a sample per thread at least: each sample is
+    // summed, its groups finished and the sample normalized in one visit, in
+    // one parallel loop (measured, AVX-512, calls of either alternating,
+    // medians: 2 threads 8x320x32x32 315 -> 260 us, 2x320x64x64 260 -> 212;
+    // 1 thread the same either way).
+    const kernels::Block b{v.Q, v.S, v.T, v.q_stride(), v.T, v.streams_output(1)};
+    par.for_ranges(v.P, double(v.S * v.T) * 8.0, [&](Index first, Index last) {
+      for (Index ns = first; ns < last; ++ns) {
+        const Index o = v.block_offset(ns, 0), s = v.stat_offset(ns, 0);
+        kernels::block_moments<true>(x + o, b, m.data() + s, m2.data() + s);
+        for (Index grp = 0; grp < g.groups; ++grp) finish_group(ns, grp);
+        kernels::normalize_block_per_stat(x + o, y + o, b, m.data() + s, scale.data() + s,
+                                          shift.data() + s);
+      }
+      if (b.stream) kernels::streaming_fence();
+    });
+    return;
+  }
   stat_moments(v, par, x, m.data(), m2.data());
   for (Index ns = 0; ns < g.inst.batch; ++ns)
     for (Index grp = 0; grp < g.groups; ++grp) finish_group(ns, grp);
