@@ -212,7 +212,7 @@ bool pipelines_lanes(const View& v) {
 template <typename T, typename Acc, typename Finish>
 void pipelined_lanes_forward(const View& v, const Parallel& par, const T* x, T* y, Acc* mean,
                              Acc* m2, Acc* scale, Acc* shift, Finish finish) {
-  const kernels::Block b{v.Q, v.S, v.T, v.q_stride(), v.T, v.streams_output(1)};
+  const kernels::Block b = whole_block(v, 1);
   const auto offset = [&](Index block) { return v.block_offset(block / v.R, block % v.R); };
   const auto stat = [&](Index block) { return v.stat_offset(block / v.R, block % v.R); };
   // One range of consecutive blocks per thread, so that all but its first

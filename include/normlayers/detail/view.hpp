@@ -92,6 +92,12 @@ inline View make_view(const std::vector<Index>& dims, bool row_major,
 // every packet size, so pieces do not change how any lane is computed.
 inline constexpr Index lane_piece = 256;
 
+// A statistic block (p, r) of the view, all its lanes, for a pass that reads
+// `inputs` tensors of the view's size.
+inline kernels::Block whole_block(const View& v, int inputs) {
+  return kernels::Block{v.Q, v.S, v.T, v.q_stride(), v.T, v.streams_output(inputs)};
+}
+
 // Calls f(state, offset, stat, block) for every statistic block (p, r) of the
 // view: `offset` is the block's first element, `stat` the index of its first
 // statistic (lane t is statistic stat + t). Blocks run on par's threads in
