@@ -30,6 +30,7 @@
 #define EIGEN_USE_THREADS  // before anything includes Eigen: Eigen::ThreadPoolDevice
 
 #include <benchmark/benchmark.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -205,15 +206,25 @@ void with_maps(const Case& c, Problem& p, F&& f) {
 // other, moving (and touching) exactly the accounted bytes. With threads > 1 the
 // copy is cut in that many equal parts: parts 1.. on the pool, part 0 on the
 // calling thread, which then waits for them (as Eigen's parallelFor runs our
-// layers' pieces when there are no more pieces than threads).
-struct CopyBuffers {
-  explicit CopyBuffers(std::int64_t accounted_bytes)
-      : src(std::size_t(accounted_bytes / 2), 1), dst(src.size(), 0) {}
+// layers' pieces when there are no more pieces than threads). One pair for the
+// whole process, grown to the largest size asked for and never freed: a fresh
+// pair per measurement cost a page fault per 4 KiB page on every reference
+// (~15 us each in this sandbox, 0.5 s per 128 MiB), and giving that memory back
+// to the system right before a timed loop slowed the loop 2-4x.
+class CopyBuffers {
+ public:
+  static CopyBuffers& sized(std::int64_t accounted_bytes) {
+    static CopyBuffers buffers;
+    const std::size_t half = std::size_t(accounted_bytes / 2);
+    if (buffers.src_.size() < half) buffers.src_.resize(half, 1), buffers.dst_.resize(half, 0);
+    buffers.bytes_ = half;
+    return buffers;
+  }
   void copy(int threads) {
     auto part = [&](int t) {
-      const std::size_t first = src.size() * std::size_t(t) / std::size_t(threads);
-      const std::size_t last = src.size() * std::size_t(t + 1) / std::size_t(threads);
-      std::memcpy(dst.data() + first, src.data() + first, last - first);
+      const std::size_t first = bytes_ * std::size_t(t) / std::size_t(threads);
+      const std::size_t last = bytes_ * std::size_t(t + 1) / std::size_t(threads);
+      std::memcpy(dst_.data() + first, src_.data() + first, last - first);
     };
     if (threads == 1) return part(0);
     Eigen::Barrier done(unsigned(threads - 1));
@@ -225,7 +236,12 @@ struct CopyBuffers {
     part(0);
     done.Wait();
   }
-  std::vector<char> src, dst;
+  const char* destination() const { return dst_.data(); }
+
+ private:
+  CopyBuffers() = default;
+  std::vector<char> src_, dst_;
+  std::size_t bytes_ = 0;
 };
 
 // Bytes/s (read + write counted) of a memcpy of this working set on `threads`
@@ -245,7 +261,7 @@ double memcpy_bytes_per_second(std::int64_t accounted_bytes, int threads) {
   if (found != recent.end() &&
       std::chrono::duration<double>(clock::now() - found->second.first).count() < 0.1)
     return found->second.second;
-  CopyBuffers buffers(accounted_bytes);
+  CopyBuffers& buffers = CopyBuffers::sized(accounted_bytes);
   buffers.copy(threads);
   std::vector<double> runs;
   for (int run = 0; run < 3; ++run) {
@@ -298,6 +314,7 @@ const std::vector<Baseline>& baselines();
 template <class Step>
 void measure(benchmark::State& st, std::int64_t bytes, int threads, Step&& step,
              const std::string& speedups_of = {}) {
+  benchmark::DoNotOptimize(step());  // untimed: first touch, lazy setup, pool wake-up
   const double before = memcpy_bytes_per_second(bytes, threads);
   const auto start = std::chrono::steady_clock::now();
   for (auto _ : st) {
@@ -330,10 +347,10 @@ void set_baseline_threads(int threads) {
 // ---------------------------------------------------------------- implementations
 
 void bench_memcpy(benchmark::State& st, std::int64_t accounted_bytes, int threads) {
-  CopyBuffers buffers(accounted_bytes);
+  CopyBuffers& buffers = CopyBuffers::sized(accounted_bytes);
   measure(st, accounted_bytes, threads, [&] {
     buffers.copy(threads);
-    return buffers.dst.data();
+    return buffers.destination();
   });
 }
 
@@ -849,6 +866,13 @@ void write_summary() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Memory freed by a case stays in the process and serves the next allocation
+  // (no mmap per large block, no trimming): baselines that allocate their outputs
+  // and temporaries on every call (ATen, the plain Eigen expressions) then time
+  // their kernels, not the first touch of fresh pages, which costs ~15 us per
+  // 4 KiB page in the sandboxes this runs in (30-60x a native page fault).
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, -1);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   register_all();
