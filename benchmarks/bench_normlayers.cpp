@@ -314,8 +314,11 @@ const std::vector<Baseline>& baselines();
 template <class Step>
 void measure(benchmark::State& st, std::int64_t bytes, int threads, Step&& step,
              const std::string& speedups_of = {}) {
-  benchmark::DoNotOptimize(step());  // untimed: first touch, lazy setup, pool wake-up
   const double before = memcpy_bytes_per_second(bytes, threads);
+  // Untimed, right before the loop (after the reference copy, which would
+  // evict it and let pools fall asleep again): first touch, lazy setup,
+  // thread pools woken.
+  benchmark::DoNotOptimize(step());
   const auto start = std::chrono::steady_clock::now();
   for (auto _ : st) {
     benchmark::DoNotOptimize(step());
@@ -598,7 +601,9 @@ at::Tensor torch_view(const Case& c, T1& buffer) {
 // functional op, its native backward op where ATen has one (LayerNorm,
 // BatchNorm, GroupNorm) on the statistics of a forward at setup; RMSNorm
 // (composed, no fused CPU op) and InstanceNorm (a view onto batch_norm)
-// differentiated by autograd through a graph built once.
+// differentiated by autograd through a graph built once. Freed blocks are
+// reused in this process (see main()), where a standalone program would map
+// outputs of 32 MiB or more afresh, and fault them in, on every call.
 void bench_torch(benchmark::State& st, const Case& c) {
   Problem& p = problem(c);
   const at::Tensor x = torch_view(c, p.x), dy = torch_view(c, p.dy);
