@@ -92,6 +92,25 @@ void for_both_layouts(Fn fn) {
   fn(std::integral_constant<int, Eigen::ColMajor>{});
 }
 
+// threads_for is what the layers choose their loops by: it must agree with
+// where for_ranges actually runs the work.
+TEST(Parallel, ThreadsForMatchesWhereLoopsRun) {
+  EXPECT_EQ(nl::Parallel().threads_for(1e18), 1);
+  SplittingDevice device;  // 4 threads
+  const nl::Parallel par(device, /*min_bytes=*/1000);
+  EXPECT_EQ(par.num_threads(), 4);
+  EXPECT_EQ(par.threads_for(999), 1);
+  EXPECT_EQ(par.threads_for(1000), 4);
+  Index ranges = 0;
+  par.for_ranges(10, 99.9, [&](Index, Index) { ++ranges; });  // 999 bytes
+  EXPECT_EQ(ranges, 1);
+  EXPECT_EQ(device.calls, 0);
+  ranges = 0;
+  par.for_ranges(10, 100.0, [&](Index, Index) { ++ranges; });  // 1000 bytes
+  EXPECT_EQ(ranges, 10);
+  EXPECT_EQ(device.calls, 1);
+}
+
 TEST(Parallel, LayerNormAndRMSNorm) {
   for_both_layouts([](auto layout) {
     constexpr int L = decltype(layout)::value;

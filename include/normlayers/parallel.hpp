@@ -52,13 +52,19 @@ class Parallel {
 
   int num_threads() const noexcept { return threads_; }
 
+  // The threads a loop touching `bytes` in all runs on: 1 below min_bytes
+  // (or without a device), else num_threads().
+  int threads_for(double bytes) const noexcept {
+    return !run_ || bytes < min_bytes_ ? 1 : threads_;
+  }
+
   // Calls f(first, last) over ranges that cover [0, n) once, possibly
   // concurrently. Items must be independent; `bytes_per_item` (memory an item
   // touches) guides how finely the work is cut.
   template <typename F>
   void for_ranges(Index n, double bytes_per_item, F&& f) const {
     if (n <= 0) return;
-    if (!run_ || threads_ <= 1 || n == 1 || double(n) * bytes_per_item < min_bytes_) {
+    if (n == 1 || threads_for(double(n) * bytes_per_item) <= 1) {
       f(Index(0), n);
       return;
     }

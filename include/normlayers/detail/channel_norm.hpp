@@ -218,8 +218,9 @@ void pipelined_lanes_forward(const View& v, const Parallel& par, const T* x, T* 
   // One range of consecutive blocks per thread, so that all but its first
   // block ride (a range of a block each would pipeline nothing); where the
   // ranges start changes no result.
-  const Index blocks = v.P * v.R, parts = std::min<Index>(blocks, std::max(1, par.num_threads()));
-  par.for_ranges(parts, double(blocks * b.reduced() * b.lanes) * 8.0 / double(parts),
+  const double bytes = double(v.size()) * 8.0;
+  const Index blocks = v.P * v.R, parts = std::min<Index>(blocks, par.threads_for(bytes));
+  par.for_ranges(parts, bytes / double(parts),
                  [&](Index first_part, Index last_part) {
     const Index first = first_part * blocks / parts, last = last_part * blocks / parts;
     for (Index block = first; block < last; ++block) {

@@ -246,14 +246,22 @@ void group_norm_backward_fused(const GroupGeometry& g, const Parallel& par, cons
   });
 }
 
-// Channels-last row-major GroupNorm with a sample per thread at least: block
-// p of the per-(n, c) view is sample p, all its channels as lanes, so each
-// sample is reduced, its groups finished and the sample normalized (or
+// Channels-last row-major GroupNorm with a sample per thread at least (the
+// threads a pass moving `bytes_per_value` per value runs on): block p of the
+// per-(n, c) view is sample p, all its channels as lanes, so each sample is
+// reduced, its groups finished and the sample normalized (or
 // backpropagated) in one visit, all in one parallel loop, rather than in a
-// pass over every sample, a serial step and another pass.
-inline bool sample_per_visit(const GroupGeometry& g, const Parallel& par) {
+// pass over every sample, a serial step and another pass. Measured, AVX-512,
+// 2-thread pool, interleaved calls, medians, per visit against passes:
+// 1x320x64x64 (5 MiB: under min_bytes, one thread) forward 268 vs 468 us,
+// backward 584 vs 666 us (hence the threads actually used, not the pool's);
+// odd batches on 2 threads, 3 and 5 x320x64x64, forward 1241 vs 1323 and
+// 1393 vs 1869 us, backward 2152 vs 2006 and 3577 vs 3930 us.
+inline bool sample_per_visit(const GroupGeometry& g, const Parallel& par,
+                             double bytes_per_value) {
   const View& v = g.inst.view;
-  return g.inst.row_major && v.T == g.inst.channels && v.P >= par.num_threads();
+  return g.inst.row_major && v.T == g.inst.channels &&
+         v.P >= par.threads_for(double(v.size()) * bytes_per_value);
 }
 
 // GroupNorm forward: moments per (n, c) on the per-(n, c) view (the fast
@@ -300,7 +308,7 @@ void group_norm_forward_run(const GroupGeometry& g, const Parallel& par, const T
                             });
     return;
   }
-  if (sample_per_visit(g, par)) {
+  if (sample_per_visit(g, par, 8.0)) {
     // Measured, AVX-512, calls of either alternating, medians: 2 threads
     // 8x320x32x32 315 -> 260 us, 2x320x64x64 260 -> 212; 1 thread the same.
     const kernels::Block b = whole_block(v, 1);
@@ -366,7 +374,7 @@ void group_norm_backward_run(const GroupGeometry& g, const Parallel& par, const 
     }
   };
   const View& view = g.inst.view;
-  if (sample_per_visit(g, par)) {
+  if (sample_per_visit(g, par, 12.0)) {
     // Measured, AVX-512, calls of either alternating, medians: 8x320x32x32
     // 1 thread 904 -> 825 us, 2 threads 624 -> 507 us; 2x320x64x64 849 ->
     // 784, 649 -> 514.

@@ -25,6 +25,7 @@
 #include <array>
 #include <vector>
 
+#include <normlayers/detail/kernels/moments.hpp>
 #include <normlayers/detail/kernels/reduce.hpp>
 #include <normlayers/parallel.hpp>
 
@@ -88,9 +89,15 @@ inline View make_view(const std::vector<Index>& dims, bool row_major,
   return v;
 }
 
-// Statistics per work item when lanes run across statistics: a multiple of
-// every packet size, so pieces do not change how any lane is computed.
+// Statistics per work item when lanes run across statistics. Cutting lanes
+// into pieces must not change how any lane is computed, since whether they
+// are cut depends on the thread count: a piece starts where a strip of the
+// whole block would (block_moments decides the centered fallback per strip
+// of lanes, so the lanes that share a strip must be the same either way).
 inline constexpr Index lane_piece = 256;
+static_assert(lane_piece % (kernels::moments_strip * kernels::packet_size<float>) == 0 &&
+                  lane_piece % (kernels::moments_strip * kernels::packet_size<double>) == 0,
+              "lane pieces must start at moments-strip boundaries");
 
 // A statistic block (p, r) of the view, all its lanes, for a pass that reads
 // `inputs` tensors of the view's size.
@@ -108,13 +115,15 @@ template <typename MakeState, typename F>
 void for_each_stat_block(const View& v, const Parallel& par, int inputs, MakeState make_state,
                          F f) {
   // Wide lanes are cut into pieces of lane_piece statistics, each its own
-  // work item, where that pays: with fewer blocks than threads (work for
-  // every thread), and in backward passes (two inputs), whose reduce and
+  // work item, where that pays: with fewer blocks than the threads the pass
+  // runs on (work for every thread), and in backward passes (two inputs), whose reduce and
   // apply of a piece then share L2 (BatchNorm 256x1024 backward 62 -> 53 us
   // with pieces). Forward passes otherwise go along whole rows (see
-  // map_whole_rows: GroupNorm channels-last 8x320x32x32 forward 469 -> 366
-  // us in the bench). Pieces never change how a lane is computed.
-  const bool cut = v.P * v.R < par.num_threads() || inputs >= 2;
+  // map_whole_rows; measured when channels-last GroupNorm 8x320x32x32 still
+  // came this way, before sample_per_visit: 469 -> 366 us in the bench; of
+  // the benchmark's cases only BatchNorm 256x1024 forward does now). Pieces
+  // never change how a lane is computed (see lane_piece).
+  const bool cut = v.P * v.R < par.threads_for(double(v.size()) * 8.0) || inputs >= 2;
   const Index pieces = cut ? (v.T + lane_piece - 1) / lane_piece : 1;
   const Index width = pieces > 1 ? lane_piece : v.T;
   const double bytes_per_item = double(v.Q * v.S * width) * 8.0;
