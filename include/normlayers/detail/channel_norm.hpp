@@ -116,7 +116,7 @@ void channel_norm_forward_chunked(const View& v, const Parallel& par, const T* x
                                   Acc* rstd) {
   const Index L = v.T, chunks = row_chunks(v);
   const auto lanes = static_cast<std::size_t>(L);
-  const double chunk_bytes = double(row_chunk * L) * 8.0;
+  const double chunk_bytes = pass_bytes(row_chunk * L, 1);
   const FinishStat<P, Acc> finish{gamma, beta, eps, mean, var, rstd};
   aligned_vector<Acc> means(batch_stats ? lanes * std::size_t(chunks) : 0), m2s(means.size());
   if (batch_stats)
@@ -177,7 +177,7 @@ void stat_apply(const View& v, const Parallel& par, const T* x, T* y, const Acc*
     return;
   }
   const kernels::Block run{1, v.S, v.T, 0, v.T, v.streams_output(1)};
-  par.for_ranges(v.P * v.Q * v.R, double(v.S * v.T) * 8.0, [&](Index first, Index last) {
+  par.for_ranges(v.P * v.Q * v.R, pass_bytes(v.S * v.T, 1), [&](Index first, Index last) {
     for (Index i = first; i < last; ++i) {  // i = (p*Q + q)*R + r
       const Index p = i / (v.Q * v.R), r = i % v.R, stat = v.stat_offset(p, r), o = i * v.S * v.T;
       kernels::normalize_block_per_stat(x + o, y + o, run, mean + stat, scale + stat, shift + stat);
@@ -218,7 +218,7 @@ void pipelined_lanes_forward(const View& v, const Parallel& par, const T* x, T* 
   // One range of consecutive blocks per thread, so that all but its first
   // block ride (a range of a block each would pipeline nothing); where the
   // ranges start changes no result.
-  const double bytes = double(v.size()) * 8.0;
+  const double bytes = pass_bytes(v.size(), 1);
   const Index blocks = v.P * v.R, parts = std::min<Index>(blocks, par.threads_for(bytes));
   par.for_ranges(parts, bytes / double(parts),
                  [&](Index first_part, Index last_part) {
@@ -275,7 +275,7 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
     // them). Measured 32x64x56x56: 0.64-0.73 -> 0.74-0.84 of a memcpy. Not
     // for one run per statistic (InstanceNorm): 0.80-0.83 -> 0.73-0.79.
     const kernels::Block b{v.Q, v.S, 1, v.q_stride(), 1, v.streams_output(1)};
-    par.for_ranges(v.P * v.R, double(v.Q * v.S) * 8.0, [&](Index first, Index last) {
+    par.for_ranges(v.P * v.R, pass_bytes(v.Q * v.S, 1), [&](Index first, Index last) {
       Acc mean = 0, m2 = 0;
       std::pair<Acc, Acc> affine;
       const auto offset = [&](Index block) { return v.block_offset(block / v.R, block % v.R); };
@@ -374,7 +374,7 @@ void channel_norm_backward_chunked(const View& v, const Parallel& par, const T* 
                                    bool batch_stats, Acc* dgamma, Acc* dbeta) {
   const Index L = v.T, chunks = row_chunks(v);
   const auto lanes = static_cast<std::size_t>(L);
-  const double chunk_bytes = double(row_chunk * L) * 12.0;
+  const double chunk_bytes = pass_bytes(row_chunk * L, 2);
   aligned_vector<Acc> a(lanes * std::size_t(chunks)), b(a.size());
   par.for_ranges(chunks, chunk_bytes, [&](Index first, Index last) {
     for (Index c = first; c < last; ++c)

@@ -189,7 +189,7 @@ void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const
   // AVX-512, 8x320x32x32 forward: 0.49-0.51 -> 0.61-0.64 of a memcpy,
   // 8x128x16x16 0.29 -> 0.53).
   const kernels::Block group{1, D * hw, 1, 0, 1, run.stream};
-  par.for_ranges(g.num_group_stats(), double(D * hw) * 8.0, [&](Index first, Index last) {
+  par.for_ranges(g.num_group_stats(), pass_bytes(D * hw, 1), [&](Index first, Index last) {
     for (Index gs = first; gs < last; ++gs) {  // gs = n*G + grp, rows gs*D .. gs*D + D - 1
       Acc gm = 0, gm2 = 0;
       kernels::block_moments<true>(x + gs * D * hw, group, &gm, &gm2);
@@ -222,7 +222,7 @@ void group_norm_backward_fused(const GroupGeometry& g, const Parallel& par, cons
   const Index hw = g.inst.count, D = g.group_size;
   const kernels::Block run{1, hw, 1, 0, 1, g.inst.view.streams_output(2)};
   const Acc inv_m = Acc(1) / static_cast<Acc>(g.count);
-  par.for_ranges(g.num_group_stats(), double(D * hw) * 12.0, [&](Index first, Index last) {
+  par.for_ranges(g.num_group_stats(), pass_bytes(D * hw, 2), [&](Index first, Index last) {
     for (Index gs = first; gs < last; ++gs) {
       const Acc gm = mean[gs], r = rstd[gs];
       Acc A = 0, B = 0;
@@ -247,7 +247,7 @@ void group_norm_backward_fused(const GroupGeometry& g, const Parallel& par, cons
 }
 
 // Channels-last row-major GroupNorm with a sample per thread at least (the
-// threads a pass moving `bytes_per_value` per value runs on): block p of the
+// threads a pass reading `inputs` tensors runs on): block p of the
 // per-(n, c) view is sample p, all its channels as lanes, so each sample is
 // reduced, its groups finished and the sample normalized (or
 // backpropagated) in one visit, all in one parallel loop, rather than in a
@@ -257,11 +257,10 @@ void group_norm_backward_fused(const GroupGeometry& g, const Parallel& par, cons
 // backward 584 vs 666 us (hence the threads actually used, not the pool's);
 // odd batches on 2 threads, 3 and 5 x320x64x64, forward 1241 vs 1323 and
 // 1393 vs 1869 us, backward 2152 vs 2006 and 3577 vs 3930 us.
-inline bool sample_per_visit(const GroupGeometry& g, const Parallel& par,
-                             double bytes_per_value) {
+inline bool sample_per_visit(const GroupGeometry& g, const Parallel& par, int inputs) {
   const View& v = g.inst.view;
   return g.inst.row_major && v.T == g.inst.channels &&
-         v.P >= par.threads_for(double(v.size()) * bytes_per_value);
+         v.P >= par.threads_for(pass_bytes(v.size(), inputs));
 }
 
 // GroupNorm forward: moments per (n, c) on the per-(n, c) view (the fast
@@ -308,20 +307,15 @@ void group_norm_forward_run(const GroupGeometry& g, const Parallel& par, const T
                             });
     return;
   }
-  if (sample_per_visit(g, par, 8.0)) {
+  if (sample_per_visit(g, par, 1)) {
     // Measured, AVX-512, calls of either alternating, medians: 2 threads
     // 8x320x32x32 315 -> 260 us, 2x320x64x64 260 -> 212; 1 thread the same.
-    const kernels::Block b = whole_block(v, 1);
-    par.for_ranges(v.P, double(v.S * v.T) * 8.0, [&](Index first, Index last) {
-      for (Index ns = first; ns < last; ++ns) {
-        const Index o = v.block_offset(ns, 0), s = v.stat_offset(ns, 0);
-        kernels::block_moments<true>(x + o, b, m.data() + s, m2.data() + s);
-        for (Index grp = 0; grp < g.groups; ++grp) finish_group(ns, grp);
-        kernels::normalize_block_per_stat(x + o, y + o, b, m.data() + s, scale.data() + s,
-                                          shift.data() + s);
-      }
-      if (b.stream) kernels::streaming_fence();
-    });
+    for_each_stat_block(v, par, 1, no_state, [&](int, Index o, Index s, const kernels::Block& b) {
+      kernels::block_moments<true>(x + o, b, m.data() + s, m2.data() + s);
+      for (Index grp = 0; grp < g.groups; ++grp) finish_group(s / v.T, grp);  // sample s / C
+      kernels::normalize_block_per_stat(x + o, y + o, b, m.data() + s, scale.data() + s,
+                                        shift.data() + s);
+    }, /*may_cut=*/false);
     return;
   }
   stat_moments(v, par, x, m.data(), m2.data());
@@ -374,22 +368,18 @@ void group_norm_backward_run(const GroupGeometry& g, const Parallel& par, const 
     }
   };
   const View& view = g.inst.view;
-  if (sample_per_visit(g, par, 12.0)) {
+  if (sample_per_visit(g, par, 2)) {
     // Measured, AVX-512, calls of either alternating, medians: 8x320x32x32
     // 1 thread 904 -> 825 us, 2 threads 624 -> 507 us; 2x320x64x64 849 ->
     // 784, 649 -> 514.
-    const kernels::Block blk = whole_block(view, 2);
-    par.for_ranges(view.P, double(view.S * view.T) * 12.0, [&](Index first, Index last) {
-      for (Index ns = first; ns < last; ++ns) {
-        const Index o = view.block_offset(ns, 0), s = view.stat_offset(ns, 0);
-        kernels::backward_reduce_block(x + o, dy + o, blk, m.data() + s, a.data() + s,
-                                       b.data() + s);
-        finish(std::size_t(s), std::size_t(s + view.T));
-        kernels::backward_apply_block(x + o, dy + o, dx + o, blk, m.data() + s, u.data() + s,
-                                      v.data() + s, w.data() + s, z.data() + s);
-      }
-      if (blk.stream) kernels::streaming_fence();
-    });
+    for_each_stat_block(view, par, 2, no_state,
+                        [&](int, Index o, Index s, const kernels::Block& blk) {
+      kernels::backward_reduce_block(x + o, dy + o, blk, m.data() + s, a.data() + s,
+                                     b.data() + s);
+      finish(std::size_t(s), std::size_t(s + view.T));
+      kernels::backward_apply_block(x + o, dy + o, dx + o, blk, m.data() + s, u.data() + s,
+                                    v.data() + s, w.data() + s, z.data() + s);
+    }, /*may_cut=*/false);
   } else {
     stat_backward_reduce(view, par, x, dy, m.data(), a.data(), b.data());
     finish(0, n);

@@ -117,7 +117,7 @@ void trailing_norm_forward(const TrailingGeometry& g, const Parallel& par,
     const bool at_once = v.size() <= rows_at_once_max_values ||
                          (stream && double(v.S) * sizeof(T) <= 4096.0);
     const auto rows = [&](auto prefetch_next) {
-      par.for_ranges(v.P, double(v.S) * 8.0, [&](Index first, Index last) {
+      par.for_ranges(v.P, pass_bytes(v.S, 1), [&](Index first, Index last) {
         kernels::for_each_row_group(first, last, at_once, [&](Index row, auto count) {
           constexpr int R = decltype(count)::value;
           Acc mu[R], rstd[R];
@@ -179,7 +179,7 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
   const auto n = static_cast<std::size_t>(v.S);
   aligned_vector<Acc> dgamma(weight_grad ? n * std::size_t(items) : 0, Acc(0));
   aligned_vector<Acc> dbeta(bias_grad ? n * std::size_t(items) : 0, Acc(0));
-  const double bytes_per_item = double(chunk_rows * v.S * std::min(v.T, lane_piece)) * 12.0;
+  const double bytes_per_item = pass_bytes(chunk_rows * v.S * std::min(v.T, lane_piece), 2);
   // The backward takes rows together at every size (measured, -march=native,
   // fraction of a memcpy: 4096x4096 0.37-0.39 -> 0.49-0.53, 2048x2048 0.28
   // -> 0.34). Rows of a page or less used to lose to one at a time (8192x1024

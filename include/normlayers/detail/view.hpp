@@ -33,6 +33,14 @@ namespace normlayers::detail {
 
 using Index = Eigen::Index;
 
+// Bytes a pass over `values` values that reads `inputs` tensors and writes
+// one moves, as Parallel's cost and threshold count them: 4 per value read or
+// written, whatever the scalar type (a forward 8, a backward 12: the
+// accounting the threshold was measured in).
+inline double pass_bytes(Index values, int inputs) {
+  return double(values) * 4.0 * double(inputs + 1);
+}
+
 struct View {
   Index P = 1, Q = 1, R = 1, S = 1, T = 1;
 
@@ -111,9 +119,11 @@ inline kernels::Block whole_block(const View& v, int inputs) {
 // ranges; each range gets its own state = make_state() (scratch buffers), and
 // a block's result never depends on which range or thread ran it. `inputs`:
 // the tensors of the view's size the pass reads (for block.stream).
+// With may_cut false, blocks are never cut (a caller that finishes a whole
+// block at a time, such as GroupNorm's groups across a sample's lanes).
 template <typename MakeState, typename F>
 void for_each_stat_block(const View& v, const Parallel& par, int inputs, MakeState make_state,
-                         F f) {
+                         F f, bool may_cut = true) {
   // Wide lanes are cut into pieces of lane_piece statistics, each its own
   // work item, where that pays: with fewer blocks than the threads the pass
   // runs on (work for every thread), and in backward passes (two inputs), whose reduce and
@@ -123,10 +133,11 @@ void for_each_stat_block(const View& v, const Parallel& par, int inputs, MakeSta
   // came this way, before sample_per_visit: 469 -> 366 us in the bench; of
   // the benchmark's cases only BatchNorm 256x1024 forward does now). Pieces
   // never change how a lane is computed (see lane_piece).
-  const bool cut = v.P * v.R < par.threads_for(double(v.size()) * 8.0) || inputs >= 2;
+  const bool cut =
+      may_cut && (v.P * v.R < par.threads_for(pass_bytes(v.size(), inputs)) || inputs >= 2);
   const Index pieces = cut ? (v.T + lane_piece - 1) / lane_piece : 1;
   const Index width = pieces > 1 ? lane_piece : v.T;
-  const double bytes_per_item = double(v.Q * v.S * width) * 8.0;
+  const double bytes_per_item = pass_bytes(v.Q * v.S * width, inputs);
   const bool stream = v.streams_output(inputs);
   par.for_ranges(v.P * v.R * pieces, bytes_per_item, [&](Index first, Index last) {
     auto state = make_state();
