@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <cstddef>
 #include <type_traits>
 #include <vector>
 
@@ -39,6 +40,15 @@ using param_t = acc_t<Scalar>;
 // apply with 16-byte-aligned constants ran at half the speed.
 template <typename T>
 using aligned_vector = std::vector<T, Eigen::aligned_allocator<T>>;
+
+// Partial sums of work items, `parts` consecutive arrays of n values: added
+// into the first array in item order, so the result never depends on which
+// thread ran which item (a loop over the n values that vectorizes).
+template <typename Acc>
+void add_partials_into_first(aligned_vector<Acc>& partial, Index parts, std::size_t n) {
+  for (Index k = 1; k < parts; ++k)
+    for (std::size_t s = 0; s < n; ++s) partial[s] += partial[std::size_t(k) * n + s];
+}
 
 template <typename Scalar>
 inline constexpr bool is_supported_scalar_v =

@@ -214,12 +214,10 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
     }
     kernels::streaming_fence();
   });
-  // The items' sums added into item 0's, in item order, then into out: loops
-  // over s that vectorize (a scalar loop here cost 10 % of LayerNorm 64x768's
-  // backward).
+  // The items' sums added into item 0's, then into out: loops over s that
+  // vectorize (a scalar loop here cost 10 % of LayerNorm 64x768's backward).
   auto add_chunks = [&](span<P> out, aligned_vector<Acc>& partial) {
-    for (Index item = 1; item < items; ++item)
-      for (std::size_t s = 0; s < n; ++s) partial[s] += partial[std::size_t(item) * n + s];
+    add_partials_into_first(partial, items, n);
     if (order.empty()) {
       for (std::size_t s = 0; s < n; ++s) out[Index(s)] += static_cast<P>(partial[s]);
     } else {
