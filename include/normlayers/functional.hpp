@@ -70,7 +70,8 @@ void trailing_backward_checked(const char* layer, const X& x, const DY& dy, DX& 
                                const Shape& normalized_shape, span<const param_of<X>> weight,
                                span<const acc_of<X>> mean, span<const acc_of<X>> rstd,
                                span<param_of<X>> weight_grad, span<param_of<X>> bias_grad,
-                               const Parallel& parallel) {
+                               const Parallel& parallel,
+                               aligned_vector<acc_of<X>>* workspace = nullptr) {
   static_assert(is_supported_scalar_v<scalar_of<X>>, "normlayers supports float and double");
   const TrailingGeometry g = trailing_geometry(layer, x, normalized_shape);
   check_same_dims(layer, "grad_output", dy, "the input's", x);
@@ -86,7 +87,7 @@ void trailing_backward_checked(const char* layer, const X& x, const DY& dy, DX& 
                   " (one per normalized row, from the forward)");
   trailing_norm_backward<Centered>(g, parallel, param_order(normalized_shape, tensor_traits<X>::row_major),
                                    x.data(), dy.data(), dx.data(), weight, mean.data(),
-                                   rstd.data(), weight_grad, bias_grad);
+                                   rstd.data(), weight_grad, bias_grad, workspace);
 }
 
 }  // namespace detail

@@ -383,8 +383,8 @@ void channel_norm_backward_chunked(const View& v, const Parallel& par, const T* 
   });
   aligned_vector<Acc> shift(lanes, Acc(0)), w(lanes), z(lanes, Acc(0));
   const Acc inv_m = Acc(1) / static_cast<Acc>(v.S);
-  add_partials_into_first(a, chunks, lanes);
-  add_partials_into_first(b, chunks, lanes);
+  add_partials_into_first(a.data(), chunks, lanes);
+  add_partials_into_first(b.data(), chunks, lanes);
   for (Index t = 0; t < L; ++t) {
     const Acc sum_dy = a[std::size_t(t)], sum_dyxc = b[std::size_t(t)];
     const Acc r = rstd[t], gr = r * (gamma ? static_cast<Acc>(gamma[t]) : Acc(1));

@@ -45,7 +45,7 @@ using aligned_vector = std::vector<T, Eigen::aligned_allocator<T>>;
 // into the first array in item order, so the result never depends on which
 // thread ran which item (a loop over the n values that vectorizes).
 template <typename Acc>
-void add_partials_into_first(aligned_vector<Acc>& partial, Index parts, std::size_t n) {
+void add_partials_into_first(Acc* partial, Index parts, std::size_t n) {
   for (Index k = 1; k < parts; ++k)
     for (std::size_t s = 0; s < n; ++s) partial[s] += partial[std::size_t(k) * n + s];
 }

@@ -62,7 +62,7 @@ class trailing_module : public module_base<Derived, Scalar>,
         params::layer_name(), x, dy, dx, normalized_shape_, params::weight_span(),
         Centered ? span<const acc_type>(base::saved_mean_tensor()) : span<const acc_type>(),
         span<const acc_type>(base::saved_rstd_tensor()), params::weight_grad_span(),
-        params::bias_grad_span(), base::parallel());
+        params::bias_grad_span(), base::parallel(), &workspace_);
   }
 
  protected:
@@ -83,6 +83,7 @@ class trailing_module : public module_base<Derived, Scalar>,
 
   Shape normalized_shape_;
   double eps_;
+  aligned_vector<acc_type> workspace_;  // backward's chunk sums, kept between calls
 };
 
 }  // namespace normlayers::detail
