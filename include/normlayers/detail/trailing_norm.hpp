@@ -184,7 +184,8 @@ void trailing_norm_backward(const TrailingGeometry& g, const Parallel& par,
   const Index items = chunks * pieces;
   const auto n = static_cast<std::size_t>(v.S);
   // dgamma's chunk sums, then dbeta's from a packet-aligned offset.
-  constexpr std::size_t align = std::size_t(EIGEN_MAX_ALIGN_BYTES) / sizeof(Acc);
+  // (EIGEN_MAX_ALIGN_BYTES is 0 without vectorization.)
+  constexpr std::size_t align = std::max<std::size_t>(1, EIGEN_MAX_ALIGN_BYTES / sizeof(Acc));
   const std::size_t per = (n * std::size_t(items) + align - 1) / align * align;
   const std::size_t need = (weight_grad ? per : 0) + (bias_grad ? per : 0);
   aligned_vector<Acc> own;
