@@ -265,16 +265,17 @@ inline bool sample_per_visit(const GroupGeometry& g, const Parallel& par, int in
 
 // The channels of a sample that the backward takes at a time when it goes a
 // sample per visit: as many whole groups as make a whole number of packets,
-// at least four, so that such a piece of x and dy (every row of the sample,
-// a few cache lines of each) is reduced and then, still in L2,
-// backpropagated, rather than the whole sample reduced and then read back
-// from beyond L2 (1.25 MiB per tensor at 8x320x32x32); all C channels where
-// a piece would not fit in piece_cache_bytes either. A piece holds whole
-// groups and every lane is computed as in the whole sample: the same
-// results. Measured, AVX-512, both builds linked into one process and
-// interleaved: 8x320x32x32, pieces of 80 channels (640 KiB), 1.04-1.49x as
-// fast, median 1.17x; 2x320x64x64, pieces of 2.5 MiB, 0.89-0.93x (hence the
-// limit). The forward in pieces of 80 channels was slower (0.76-0.79x).
+// at least four packets, so that such a piece of x and dy (every row of the
+// sample, a few cache lines of each for common group sizes) is reduced and
+// then, still in L2, backpropagated, rather than the whole sample reduced
+// and then read back from beyond L2 (1.25 MiB per tensor at 8x320x32x32);
+// all C channels where a piece would not fit in piece_cache_bytes either.
+// A piece holds whole groups and every lane is computed as in the whole
+// sample: the same results. Measured, AVX-512, both builds linked into one
+// process and interleaved (benchmarks/ab): 8x320x32x32, pieces of 80
+// channels (640 KiB), 1.04-1.49x as fast, median 1.17x; 2x320x64x64, pieces
+// of 2.5 MiB, 0.89-0.93x (hence the limit). The forward in pieces of 80 or
+// 160 channels was slower (0.76-0.87x).
 inline constexpr double piece_cache_bytes = 768 << 10;
 template <typename T>
 Index group_backward_piece(const GroupGeometry& g) {

@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: MIT
+// A/B of two builds of the library in one process (see run.sh): calls of
+// build A, build B and a memcpy of the same bytes, interleaved in blocks of
+// `calls` (the first of each block untimed), the order rotated every round;
+// prints the median times, each build's fraction of the memcpy, and B/A.
+// Separate processes, or one full benchmark run against another, differ by
+// 10-30 % on shared hosts for the same code; this does not (an A/A build
+// reads 1.00-1.02).
+#include <malloc.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+void ab_run_a(const std::string& kind, bool nhwc, int mode, float* x, float* dy, float* y,
+              const int* d);
+void ab_run_b(const std::string& kind, bool nhwc, int mode, float* x, float* dy, float* y,
+              const int* d);
+
+namespace {
+
+struct Shape {
+  const char* kind;
+  bool nhwc;
+  int d[4];
+};
+
+// The benchmark suite's shapes (channels-last dims in storage order).
+const std::map<std::string, Shape> shapes = {
+    {"ln8192", {"ln", false, {8192, 1024, 1, 1}}},
+    {"ln4096", {"ln", false, {4096, 4096, 1, 1}}},
+    {"ln64", {"ln", false, {64, 768, 1, 1}}},
+    {"rms8192", {"rms", false, {8192, 1024, 1, 1}}},
+    {"rms4096", {"rms", false, {4096, 4096, 1, 1}}},
+    {"bn_nchw", {"bn", false, {32, 64, 56, 56}}},
+    {"bn_nhwc", {"bn", true, {32, 56, 56, 64}}},
+    {"gn_nchw", {"gn", false, {8, 320, 32, 32}}},
+    {"gn_nhwc", {"gn", true, {8, 32, 32, 320}}},
+    {"gn2_nchw", {"gn", false, {2, 320, 64, 64}}},
+    {"gn2_nhwc", {"gn", true, {2, 64, 64, 320}}},
+    {"in_nchw", {"in", false, {8, 64, 128, 128}}},
+    {"in_nhwc", {"in", true, {8, 128, 128, 64}}},
+};
+
+double now_us() {
+  return std::chrono::duration<double, std::micro>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !shapes.count(argv[1])) {
+    std::fprintf(stderr, "usage: %s <case> [fwd|bwd|eval] [rounds] [calls]\ncases:", argv[0]);
+    for (const auto& s : shapes) std::fprintf(stderr, " %s", s.first.c_str());
+    std::fprintf(stderr, "\n");
+    return 2;
+  }
+  mallopt(M_MMAP_MAX, 0);  // as the benchmark: freed memory is kept (no page faults)
+  mallopt(M_TRIM_THRESHOLD, -1);
+  const Shape& shape = shapes.at(argv[1]);
+  const std::string pass = argc > 2 ? argv[2] : "fwd";
+  const int mode = pass == "bwd" ? 1 : pass == "eval" ? 2 : 0;
+  const int rounds = argc > 3 ? std::atoi(argv[3]) : 15, calls = argc > 4 ? std::atoi(argv[4]) : 4;
+  const std::size_t n = std::size_t(shape.d[0]) * shape.d[1] * shape.d[2] * shape.d[3];
+  std::vector<float> x(n), dy(n), y(n);
+  std::srand(1);
+  for (std::size_t i = 0; i < n; ++i) {
+    x[i] = float(std::rand()) / float(RAND_MAX) * 2 - 1;
+    dy[i] = float(std::rand()) / float(RAND_MAX) * 2 - 1;
+  }
+  // A memcpy of the bytes the pass is counted for (8 per element forward, 12 backward).
+  const std::size_t half = n * sizeof(float) * (mode == 1 ? 3 : 2) / 2;
+  std::vector<char> src(half, 1), dst(half, 0);
+  std::vector<double> times[3];
+  for (int r = 0; r < rounds; ++r)
+    for (int k = 0; k < 3; ++k) {
+      const int which = (k + r) % 3;
+      for (int c = 0; c < calls; ++c) {
+        const double start = now_us();
+        if (which == 0)
+          ab_run_a(shape.kind, shape.nhwc, mode, x.data(), dy.data(), y.data(), shape.d);
+        else if (which == 1)
+          ab_run_b(shape.kind, shape.nhwc, mode, x.data(), dy.data(), y.data(), shape.d);
+        else
+          std::memcpy(dst.data(), src.data(), half);
+        if (c > 0) times[which].push_back(now_us() - start);
+      }
+    }
+  const double a = median(times[0]), b = median(times[1]), m = median(times[2]);
+  std::printf("%s %s: A %.0f us (%.3f of memcpy)  B %.0f us (%.3f)  memcpy %.0f us  B/A %.3f\n",
+              argv[1], pass.c_str(), a, m / a, b, m / b, m, a / b);
+}

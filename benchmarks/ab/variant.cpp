@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: MIT
+// One build of the library for ab_main.cpp: compiled once per tree with the
+// library's namespace renamed (-Dnormlayers=nl_a ... -DAB_RUN=ab_run_a), so
+// two builds link into one process. Layers are made on first use and kept.
+#include <map>
+#include <memory>
+#include <string>
+
+#include <normlayers/normlayers.hpp>
+
+namespace {
+
+using Map4 = Eigen::TensorMap<Eigen::Tensor<float, 4, Eigen::RowMajor>>;
+using Map2 = Eigen::TensorMap<Eigen::Tensor<float, 2, Eigen::RowMajor>>;
+
+struct Layers {
+  std::unique_ptr<normlayers::BatchNorm<float>> bn;
+  std::unique_ptr<normlayers::InstanceNorm<float>> in;
+  std::unique_ptr<normlayers::GroupNorm<float>> gn;
+  std::unique_ptr<normlayers::LayerNorm<float>> ln;
+  std::unique_ptr<normlayers::RMSNorm<float>> rms;
+};
+
+// The forward (training; eval for mode 2) or backward (mode 1) of the layer
+// make() builds on first use.
+template <class L, class Make, class M>
+void step(std::unique_ptr<L>& layer, Make make, int mode, M& x, M& dy, M& y) {
+  if (!layer) {
+    layer.reset(make());
+    layer->forward(x, y);  // statistics for the backward, running ones for eval
+    if (mode == 2) layer->eval();
+  }
+  if (mode == 1)
+    layer->backward(x, dy, y);
+  else
+    layer->forward(x, y);
+}
+
+}  // namespace
+
+// kind: bn, in, gn (32 groups), ln, rms; nhwc: channels last; d: the dims
+// (4 for bn/in/gn, the first 2 for ln/rms).
+void AB_RUN(const std::string& kind, bool nhwc, int mode, float* x, float* dy, float* y,
+            const int* d) {
+  static std::map<std::string, Layers> made;
+  Layers& L = made[kind + (nhwc ? "/nhwc" : "") + std::to_string(mode)];
+  if (kind == "ln" || kind == "rms") {
+    Map2 X(x, d[0], d[1]), DY(dy, d[0], d[1]), Y(y, d[0], d[1]);
+    const Eigen::Index cols = d[1];
+    if (kind == "ln")
+      step(L.ln, [&] { return new normlayers::LayerNorm<float>({cols}); }, mode, X, DY, Y);
+    else
+      step(L.rms, [&] { return new normlayers::RMSNorm<float>({cols}); }, mode, X, DY, Y);
+    return;
+  }
+  Map4 X(x, d[0], d[1], d[2], d[3]), DY(dy, d[0], d[1], d[2], d[3]), Y(y, d[0], d[1], d[2], d[3]);
+  const int C = nhwc ? d[3] : d[1];
+  if (kind == "bn") {
+    normlayers::BatchNormOptions o;
+    o.channels_last = nhwc;
+    step(L.bn, [&] { return new normlayers::BatchNorm<float>(C, o); }, mode, X, DY, Y);
+  } else if (kind == "in") {
+    normlayers::InstanceNormOptions o;
+    o.affine = true;
+    o.channels_last = nhwc;
+    step(L.in, [&] { return new normlayers::InstanceNorm<float>(C, o); }, mode, X, DY, Y);
+  } else {
+    normlayers::GroupNormOptions o;
+    o.channels_last = nhwc;
+    step(L.gn, [&] { return new normlayers::GroupNorm<float>(32, C, o); }, mode, X, DY, Y);
+  }
+}
