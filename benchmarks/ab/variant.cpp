@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// One build of the library for ab_main.cpp: compiled once per tree with the
+// One build of the library for main.cpp: compiled once per tree with the
 // library's namespace renamed (-Dnormlayers=nl_a ... -DAB_RUN=ab_run_a), so
 // two builds link into one process. Layers are made on first use and kept.
 #include <map>
