@@ -2,7 +2,8 @@
 // A/B of two builds of the library in one process (see run.sh): calls of
 // build A, build B and a memcpy of the same bytes, interleaved in blocks of
 // `calls` (the first of each block untimed), the order rotated every round;
-// prints the median times, each build's fraction of the memcpy, and B/A.
+// prints the median times, each build's fraction of the memcpy, B/A, and
+// whether the two builds' outputs are bitwise equal.
 // Separate processes, or one full benchmark run against another, differ by
 // 10-30 % on shared hosts for the same code; this does not (an A/A build
 // reads 1.00-1.02).
@@ -99,6 +100,15 @@ int main(int argc, char** argv) {
       }
     }
   const double a = median(times[0]), b = median(times[1]), m = median(times[2]);
-  std::printf("%s %s: A %.0f us (%.3f of memcpy)  B %.0f us (%.3f)  memcpy %.0f us  B/A %.3f\n",
-              argv[1], pass.c_str(), a, m / a, b, m / b, m, a / b);
+  // The two builds' outputs (y, or dx for bwd), compared bit for bit: a
+  // kernel change that only moves memory traffic should change no value.
+  std::vector<float> out_b(n);
+  ab_run_a(shape.kind, shape.nhwc, mode, x.data(), dy.data(), y.data(), shape.d);
+  ab_run_b(shape.kind, shape.nhwc, mode, x.data(), dy.data(), out_b.data(), shape.d);
+  std::size_t differ = 0;
+  for (std::size_t i = 0; i < n; ++i) differ += std::memcmp(&y[i], &out_b[i], sizeof(float)) != 0;
+  std::printf("%s %s: A %.0f us (%.3f of memcpy)  B %.0f us (%.3f)  memcpy %.0f us  B/A %.3f  "
+              "outputs %s\n",
+              argv[1], pass.c_str(), a, m / a, b, m / b, m, a / b,
+              differ ? (std::to_string(differ) + " values differ").c_str() : "bitwise equal");
 }

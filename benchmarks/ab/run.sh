@@ -7,13 +7,14 @@
 # A, B: a git revision (its include/ is taken with git archive) or "." (the
 # working tree's include/). Cases: run with no case to list them. Prints the
 # median time of each build, its fraction of a memcpy of the same bytes timed
-# in between, and B's speed-up over A; an A/A run (". .") reads 1.00-1.02.
+# in between, B's speed-up over A, and whether their outputs (y, or dx for
+# bwd) are bitwise equal; an A/A run (". .") reads 1.00-1.02.
 # The program runs AB_RUNS times (default 3; ~2-10 s each, after ~30 s of
 # compiling): read the spread, not one line.
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
-  sed -n '4,12p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '4,13p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)

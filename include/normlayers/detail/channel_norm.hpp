@@ -281,13 +281,15 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
       const auto offset = [&](Index block) { return v.block_offset(block / v.R, block % v.R); };
       for (Index block = first; block < last; ++block) {
         const Index o = offset(block);
+        const Index next = block + 1 < last ? offset(block + 1) - o : -1;
         const auto sums =
             block == first
-                ? kernels::runs_shifted_sums(x + o, b, kernels::nothing_else)
+                ? kernels::runs_shifted_sums(x + o, b, kernels::nothing_else, next)
                 : kernels::runs_shifted_sums(
                       x + o, b,
                       kernels::per_stat_apply_at(x + offset(block - 1), y + offset(block - 1),
-                                                 b.stream, mean, affine.first, affine.second));
+                                                 b.stream, mean, affine.first, affine.second),
+                      next);
         kernels::runs_moments(x + o, b, sums, &mean, &m2);
         affine = finish(block, mean, m2 / static_cast<Acc>(b.reduced()));
       }

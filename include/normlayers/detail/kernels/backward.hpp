@@ -191,19 +191,27 @@ void backward_reduce_block(const T* x, const T* dy, const Block& b, const T* mea
   if (b.contiguous_runs()) {
     const T m = mean[0];
     T sa = 0, sb = 0;
-    for (Index q = 0; q < b.Q; ++q) {
-      T ra = 0, rb = 0;
-      const Index o = q * b.q_stride;
-      sum2_run(x + o, dy + o, b.S,
-               [m](auto xv, auto dv, auto& acc_a, auto& acc_b) {
-                 using V = std::decay_t<decltype(xv)>;
-                 acc_a = padd(acc_a, dv);
-                 acc_b = pmadd(dv, psub(xv, splat<V>(m)), acc_b);
-               },
-               ra, rb);
-      sa += ra;
-      sb += rb;
-    }
+    with_runs_ahead<T>(b, -1, [&](auto ahead) {
+      for (Index q = 0; q < b.Q; ++q) {
+        T ra = 0, rb = 0;
+        const Index o = q * b.q_stride;
+        sum2_rows_with<1>(
+            b.S,
+            [x, dy, xo = x + o, dyo = dy + o, run = ahead.run(q)](auto, Index i, auto as) {
+              using V = decltype(as);
+              if constexpr (!std::is_same_v<V, T>) run.fetch(x, i), run.fetch(dy, i);
+              return std::pair<V, V>(load_as<V>(xo + i), load_as<V>(dyo + i));
+            },
+            [m](const auto& xd, auto& acc_a, auto& acc_b, auto) {
+              using V = std::decay_t<decltype(xd.first)>;
+              acc_a = padd(acc_a, xd.second);
+              acc_b = pmadd(xd.second, psub(xd.first, splat<V>(m)), acc_b);
+            },
+            &ra, &rb);
+        sa += ra;
+        sb += rb;
+      }
+    });
     sum_dy[0] = sa;
     sum_dyxc[0] = sb;
     return;

@@ -132,36 +132,43 @@ void row_moments(const T* x, Index stride, Index S, T* mean, T* m2) {
 // over another block can ride along the read (see channel_norm_forward):
 // runs_shifted_sums reads the block once, calling also(o, as) at every
 // offset o of the block as it passes it (a packet or, in tails, a scalar
-// position: the type of `as`); runs_moments finishes the moments from the
-// sums (with the centered pass when they cancel, see first_values_mean).
+// position: the type of `as`), prefetching along its runs and, after the
+// last, into the block at offset `next` (see RunsAhead); runs_moments
+// finishes the moments from the sums (with the centered pass when they
+// cancel, see first_values_mean).
 template <typename T>
 struct ShiftedSums {
   T shift = 0, s1 = 0, s2 = 0;
 };
 template <typename T, typename Also>
-ShiftedSums<T> runs_shifted_sums(const T* x, const Block& b, Also also) {
+ShiftedSums<T> runs_shifted_sums(const T* x, const Block& b, Also also, Index next = -1) {
   ShiftedSums<T> sums;
   sums.shift = first_values_mean(x, b.S);
-  for (Index q = 0; q < b.Q; ++q) {
-    T a, c;
-    const Index o = q * b.q_stride;
-    // `also` by value: held by reference (the caller's copy, whose address
-    // this call hands on), its pointers and constants were loaded again
-    // after every store it made, a store through a packet type being
-    // allowed to alias anything (measured, AVX-512, channels-first
-    // BatchNorm 32x64x56x56 forward, both builds linked into one process,
-    // interleaved: 1.06-1.19x as fast, median 1.08x).
-    sum2_rows_with<1>(
-        b.S,
-        [p = x + o, o, also](auto, Index i, auto as) {
-          also(o + i, as);
-          return load_as<decltype(as)>(p + i);
-        },
-        [shift = sums.shift](const auto& v, auto& sa, auto& sb, auto) { shifted_terms(v, sa, sb, shift); },
-        &a, &c);
-    sums.s1 += a;
-    sums.s2 += c;
-  }
+  with_runs_ahead<T>(b, next, [&](auto ahead) {
+    for (Index q = 0; q < b.Q; ++q) {
+      T a, c;
+      const Index o = q * b.q_stride;
+      // `also` by value: held by reference (the caller's copy, whose address
+      // this call hands on), its pointers and constants were loaded again
+      // after every store it made, a store through a packet type being
+      // allowed to alias anything (measured, AVX-512, channels-first
+      // BatchNorm 32x64x56x56 forward, both builds linked into one process,
+      // interleaved: 1.06-1.19x as fast, median 1.08x).
+      sum2_rows_with<1>(
+          b.S,
+          [x, p = x + o, o, run = ahead.run(q), also](auto, Index i, auto as) {
+            if constexpr (!std::is_same_v<decltype(as), T>) run.fetch(x, i);
+            also(o + i, as);
+            return load_as<decltype(as)>(p + i);
+          },
+          [shift = sums.shift](const auto& v, auto& sa, auto& sb, auto) {
+            shifted_terms(v, sa, sb, shift);
+          },
+          &a, &c);
+      sums.s1 += a;
+      sums.s2 += c;
+    }
+  });
   return sums;
 }
 // sum (x - mu)^2 over the block's runs.

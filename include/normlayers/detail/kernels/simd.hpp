@@ -142,20 +142,6 @@ T sum_run(const T* x, Index n, F f) {
   return sum;
 }
 
-// Two sums over two arrays: f(x, y, a, b) adds the terms of the values at i
-// (packets or scalars) into the accumulators a and b.
-template <typename T, typename F>
-void sum2_run(const T* x, const T* y, Index n, F f, T& out_a, T& out_b) {
-  sum2_rows_with<1>(
-      n,
-      [x, y](auto, Index i, auto as) {
-        using V = decltype(as);
-        return std::pair<V, V>(load_as<V>(x + i), load_as<V>(y + i));
-      },
-      [&f](const auto& xy, auto& a, auto& b, auto) { f(xy.first, xy.second, a, b); }, &out_a,
-      &out_b);
-}
-
 // A pass that reads more values than this (16 MiB of float, over all its
 // inputs) writes its output with non-temporal (streaming) stores: its reads
 // would push the output out of a typical last-level cache before a consumer
