@@ -10,11 +10,13 @@
 # in between, B's speed-up over A, and whether their outputs (y, or dx for
 # bwd) are bitwise equal; an A/A run (". .") reads 1.00-1.02.
 # The program runs AB_RUNS times (default 3; ~2-10 s each, after ~30 s of
-# compiling): read the spread, not one line.
+# compiling): read the spread, not one line. AB_FLAGS: more compiler flags
+# for both builds, e.g. AB_FLAGS=-DDISTANCE=2048 to sweep a constant that
+# the working tree reads from a macro while trying values.
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
-  sed -n '4,13p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '4,15p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
@@ -36,7 +38,7 @@ inc_b=$(include_of "$2" "$work/b")
 shift 2
 
 eigen=$(pkg-config --cflags eigen3 2>/dev/null || echo -I/usr/include/eigen3)
-flags=(-O3 -march=native -std=c++17 -DNDEBUG)
+flags=(-O3 -march=native -std=c++17 -DNDEBUG ${AB_FLAGS:-})
 # The library's namespace renamed per build, so both link into one program.
 g++ "${flags[@]}" -Dnormlayers=nl_a -DAB_RUN=ab_run_a -I"$inc_a" $eigen \
   -c "$root/benchmarks/ab/variant.cpp" -o "$work/a.o" &
