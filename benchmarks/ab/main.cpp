@@ -3,7 +3,7 @@
 // build A, build B and a memcpy of the same bytes, interleaved in blocks of
 // `calls` (the first of each block untimed), the order rotated every round;
 // prints the median times, each build's fraction of the memcpy, B/A, and
-// whether the two builds' outputs are bitwise equal.
+// whether the two builds' outputs (y, or dx) are bitwise equal.
 // Separate processes, or one full benchmark run against another, differ by
 // 10-30 % on shared hosts for the same code; this does not (an A/A build
 // reads 1.00-1.02).
@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -100,9 +101,15 @@ int main(int argc, char** argv) {
       }
     }
   const double a = median(times[0]), b = median(times[1]), m = median(times[2]);
-  // The two builds' outputs (y, or dx for bwd), compared bit for bit: a
-  // kernel change that only moves memory traffic should change no value.
+  // The two builds' outputs (y, or dx for bwd; not the statistics or the
+  // parameter gradients), compared bit for bit: a kernel change that only
+  // moves memory traffic should change no value. The buffers are first
+  // filled with two different NaNs, so a value a build leaves unwritten
+  // differs (y holds B's output from the timed calls).
   std::vector<float> out_b(n);
+  const float nan_a = std::nanf("1"), nan_b = std::nanf("2");
+  std::fill(y.begin(), y.end(), nan_a);
+  std::fill(out_b.begin(), out_b.end(), nan_b);
   ab_run_a(shape.kind, shape.nhwc, mode, x.data(), dy.data(), y.data(), shape.d);
   ab_run_b(shape.kind, shape.nhwc, mode, x.data(), dy.data(), out_b.data(), shape.d);
   std::size_t differ = 0;

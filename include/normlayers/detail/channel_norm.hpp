@@ -163,7 +163,7 @@ inline int no_state() { return 0; }
 // order: one run of S*T values per (p, q, r), so reads and writes stream
 // through memory once. A block per (p, r) would jump between its Q runs,
 // restarting the prefetchers every run (BatchNorm NCHW eval 32x64x56x56,
-// runs of 12.5 KiB 800 KiB apart: 0.87-1.04 -> 1.24-1.29 of a memcpy).
+// runs of 12.25 KiB 784 KiB apart: 0.87-1.04 -> 1.24-1.29 of a memcpy).
 // Elementwise, so any order gives the same values.
 template <typename T, typename Acc>
 void stat_apply(const View& v, const Parallel& par, const T* x, T* y, const Acc* mean,

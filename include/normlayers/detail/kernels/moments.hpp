@@ -132,10 +132,10 @@ void row_moments(const T* x, Index stride, Index S, T* mean, T* m2) {
 // over another block can ride along the read (see channel_norm_forward):
 // runs_shifted_sums reads the block once, calling also(o, as) at every
 // offset o of the block as it passes it (a packet or, in tails, a scalar
-// position: the type of `as`), prefetching along its runs and, after the
-// last, into the block at offset `next` (see RunsAhead); runs_moments
-// finishes the moments from the sums (with the centered pass when they
-// cancel, see first_values_mean).
+// position: the type of `as`), prefetching along its runs and, from the
+// last, into the block at offset `next` (-1: none; see with_runs_ahead);
+// runs_moments finishes the moments from the sums (with the centered pass
+// when they cancel, see first_values_mean).
 template <typename T>
 struct ShiftedSums {
   T shift = 0, s1 = 0, s2 = 0;

@@ -43,18 +43,22 @@ struct Block {
 // in the next run: a run of a few KiB, far from the one before, is otherwise
 // a new stream that the hardware prefetchers find only after a miss or two,
 // every run (measured, AVX-512, channels-first BatchNorm 32x64x56x56, runs
-// of 12.5 KiB 800 KiB apart, benchmarks/ab: forward 1.17-1.46x as fast for
+// of 12.25 KiB 784 KiB apart, benchmarks/ab: forward 1.17-1.46x as fast for
 // 8 KiB ahead, about as much for 4 or 12 KiB, 1.07-1.15x for 0.5 KiB;
-// backward 1.04-1.19x; outputs bitwise unchanged).
+// backward 1.04-1.19x; outputs bitwise unchanged). One prefetch per packet
+// read: one per cache line under AVX-512, two or four under AVX2 or SSE
+// (not measured there).
 inline constexpr Index runs_ahead_bytes = 8 << 10;
 
 // Where the reads of a block's runs prefetch (see runs_ahead_bytes):
 // run(q).fetch(base, i), for value i of run q of the array at `base` (a
 // block's start), asks for the value `ahead` on, past the run's end in the
-// next run and, after the last run, in the block at offset `next` from this
-// one (the block read next, or the last run itself).
+// next run and, from the last run, in the block at offset `after_last` from
+// this one (the block read next, or the last run itself). Every address
+// stays within the tensor: ahead <= S, and the block at after_last has the
+// same shape (a first run of S values).
 struct RunsAhead {
-  Index Q, S, q_stride, next, ahead;
+  Index Q, S, q_stride, after_last, ahead;
   struct Run {
     Index o, after, S, ahead;
     template <typename T>
@@ -64,7 +68,7 @@ struct RunsAhead {
   };
   Run run(Index q) const {
     const Index o = q * q_stride;
-    return {o, q + 1 < Q ? o + q_stride : next, S, ahead};
+    return {o, q + 1 < Q ? o + q_stride : after_last, S, ahead};
   }
 };
 struct NoRunsAhead {
@@ -74,8 +78,8 @@ struct NoRunsAhead {
 };
 // f(RunsAhead) for a block of several runs read from memory (`stream`),
 // else f(NoRunsAhead()), whose fetch does nothing: the loops of other blocks
-// carry no test. next: as in RunsAhead, or -1 when the caller reads no
-// block next.
+// carry no test. next: the offset of the block read next, of the same
+// shape, from this one, or -1 when the caller reads none.
 template <typename T, typename F>
 void with_runs_ahead(const Block& b, Index next, F&& f) {
   if (!b.stream || b.Q < 2) return f(NoRunsAhead());
