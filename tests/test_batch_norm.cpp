@@ -89,6 +89,8 @@ TYPED_TEST(BatchNormTest, MatchesReferenceForEveryRankAndOption) {
     check_against_reference<TypeParam>(std::array<Index, 4>{2, 3, 40, 40}, c, 5);  // > one block
     check_against_reference<TypeParam>(std::array<Index, 4>{20, 4, 8, 3}, c, 6);   // row chunks (last)
     check_against_reference<TypeParam>(std::array<Index, 3>{3, 5, 257}, c, 7);     // lanes 256 + 1 (last)
+    // Short runs (first): pieces of 18 channels of 7x7, the last of 16.
+    check_against_reference<TypeParam>(std::array<Index, 4>{5, 70, 7, 7}, c, 8);
   }
 }
 
@@ -127,6 +129,20 @@ TEST(BatchNormNumerics, LargeMeanSmallSpreadInFloat) {
   }
 }
 
+// A float BatchNorm forward of x (values xv) in training mode against the
+// double reference: output to 1e-5, rstd to 1e-6 relative.
+void expect_float_forward_close(const std::array<Index, 4>& dims, const Vec& xv, bool last) {
+  const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, xv);
+  nl::BatchNormOptions o;
+  o.channels_last = last;
+  nl::BatchNorm<float> bn(dims[last ? 3 : 1], o);
+  const Vec got = test::logical(bn.forward(x));
+  const auto ref = reference::batch_norm_forward(test::logical(x), test::dims_vec(dims),
+                                                 last ? 3 : 1, {}, {}, 1e-5);
+  EXPECT_TRUE(test::all_close(got, ref.y, 1e-5, 1e-5));
+  EXPECT_TRUE(test::all_close(test::to_vec(bn.saved_rstd()), ref.rstd, 1e-6, 0.0));
+}
+
 // As LayerNormNumerics.OutlyingFirstValuesKeepFloatPrecision for a channel's
 // runs (channels-first): each channel starts with 16 zeros, then 16368 values
 // near 1000, so its shifted one-pass sums cancel 10 bits and the centered
@@ -136,12 +152,7 @@ TEST(BatchNormNumerics, OutlyingFirstValuesKeepFloatPrecision) {
   Vec xv = test::random_vec(std::size_t(test::numel(dims)), 23, 1000.0, 1.0);
   for (Index c = 0; c < 3; ++c)
     for (Index i = 0; i < 16; ++i) xv[std::size_t(c * 4096 + i)] = 0.0;
-  const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, xv);
-  nl::BatchNorm<float> bn(3);
-  const Vec got = test::logical(bn.forward(x));
-  const auto ref = reference::batch_norm_forward(test::logical(x), test::dims_vec(dims), 1, {}, {}, 1e-5);
-  EXPECT_TRUE(test::all_close(got, ref.y, 1e-5, 1e-5));
-  EXPECT_TRUE(test::all_close(test::to_vec(bn.saved_rstd()), ref.rstd, 1e-6, 0.0));
+  expect_float_forward_close(dims, xv, false);
 }
 
 // The same for channels-last, where the moments run across rows with a lane
@@ -155,15 +166,35 @@ TEST(BatchNormNumerics, OutlyingFirstRowsKeepFloatPrecisionChannelsLast) {
     const std::array<Index, 4> dims{4, hw, hw, 19};
     Vec xv = test::random_vec(std::size_t(test::numel(dims)), 24, 1000.0, 1.0);
     std::fill(xv.begin(), xv.begin() + 16 * 19, 0.0);
-    const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, xv);
-    nl::BatchNormOptions o;
-    o.channels_last = true;
-    nl::BatchNorm<float> bn(19, o);
-    const Vec got = test::logical(bn.forward(x));
-    const auto ref = reference::batch_norm_forward(test::logical(x), test::dims_vec(dims), 3, {}, {}, 1e-5);
-    EXPECT_TRUE(test::all_close(got, ref.y, 1e-5, 1e-5)) << "hw " << hw;
-    EXPECT_TRUE(test::all_close(test::to_vec(bn.saved_rstd()), ref.rstd, 1e-6, 0.0)) << "hw " << hw;
+    SCOPED_TRACE(::testing::Message() << "hw " << hw);
+    expect_float_forward_close(dims, xv, true);
   }
+}
+
+// The same for channels-first with short runs (4x4), whose moments run down
+// the samples with a lane per position: the first 16 samples (the rows whose
+// mean shifts the one-pass sums) are zeros, the rest near 1000.
+TEST(BatchNormNumerics, OutlyingFirstSamplesKeepFloatPrecisionShortRuns) {
+  const std::array<Index, 4> dims{64, 3, 4, 4};
+  Vec xv = test::random_vec(std::size_t(test::numel(dims)), 25, 1000.0, 1.0);
+  std::fill(xv.begin(), xv.begin() + 16 * 3 * 16, 0.0);
+  expect_float_forward_close(dims, xv, false);
+}
+
+// Channels-first forward with short runs and many samples: pieces limited
+// by their bytes (3 channels of 2000 samples x 3x3), the last of one
+// channel; output and statistics against the reference.
+TEST(BatchNormShortRuns, PiecesLimitedByBytesMatchTheReference) {
+  const std::array<Index, 4> dims{2000, 16, 3, 3};
+  const std::size_t n = std::size_t(test::numel(dims));
+  nl::BatchNorm<float> bn(16);
+  test::set_random_params(bn, 31);
+  const auto x = test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 32, 0.3, 2.0));
+  const Vec gamma = test::to_vec(bn.weight()), beta = test::to_vec(bn.bias());
+  const auto ref = reference::batch_norm_forward(test::logical(x), test::dims_vec(dims), 1, gamma, beta, 1e-5);
+  EXPECT_TRUE(test::all_close(test::logical(bn.forward(x)), ref.y, 1e-5, 1e-5));
+  EXPECT_TRUE(test::all_close(test::to_vec(bn.saved_mean()), ref.mean, 1e-5, 1e-5));
+  EXPECT_TRUE(test::all_close(test::to_vec(bn.saved_rstd()), ref.rstd, 1e-5, 1e-5));
 }
 
 // Running statistics after 3 steps, computed by hand from the formulas:
@@ -506,9 +537,11 @@ namespace {
 // output one float off packet alignment exercises the aligned body, the
 // unaligned head and the tail.
 TEST(BatchNormLarge, StreamingStoresMatchTheReference) {
-  for (bool last : {false, true}) {
-    const std::array<Index, 4> dims = last ? std::array<Index, 4>{4, 33, 160, 200}
-                                           : std::array<Index, 4>{4, 200, 33, 160};
+  for (int layout : {0, 1, 2}) {  // channels-last, channels-first, short runs (8x8)
+    const bool last = layout == 0;
+    const std::array<Index, 4> dims = last        ? std::array<Index, 4>{4, 33, 160, 200}
+                                      : layout == 1 ? std::array<Index, 4>{4, 200, 33, 160}
+                                                    : std::array<Index, 4>{330, 200, 8, 8};
     const std::size_t n = std::size_t(test::numel(dims));
     ASSERT_GT(n, std::size_t(4) << 20);
     nl::BatchNormOptions o;
@@ -525,9 +558,9 @@ TEST(BatchNormLarge, StreamingStoresMatchTheReference) {
     const Vec gamma = test::to_vec(bn.weight()), beta = test::to_vec(bn.bias());
     const std::size_t axis = last ? 3 : 1;
     const auto ref = reference::batch_norm_forward(test::logical(x), test::dims_vec(dims), axis, gamma, beta, 1e-5);
-    EXPECT_TRUE(test::all_close(test::logical(y), ref.y, 1e-5, 1e-5)) << "last " << last;
+    EXPECT_TRUE(test::all_close(test::logical(y), ref.y, 1e-5, 1e-5)) << "layout " << layout;
     const auto grads = reference::batch_norm_backward(test::logical(x), test::logical(dy), test::dims_vec(dims), axis, gamma, 1e-5);
-    EXPECT_TRUE(test::all_close(test::logical(dx), grads.dx, 1e-5, 1e-5)) << "last " << last;
+    EXPECT_TRUE(test::all_close(test::logical(dx), grads.dx, 1e-5, 1e-5)) << "layout " << layout;
     EXPECT_EQ(ybuf[0], 0.f);  // nothing written before the output
   }
 }

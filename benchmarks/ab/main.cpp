@@ -66,6 +66,12 @@ const std::map<std::string, Shape> shapes = {
     {"gn2_nhwc", {"gn", true, {2, 64, 64, 320}}},
     {"in_nchw", {"in", false, {8, 64, 128, 128}}},
     {"in_nhwc", {"in", true, {8, 128, 128, 64}}},
+    // Short runs (small feature maps, not in the suite): CIFAR-style 8x8 and
+    // ResNet-50's last stage.
+    {"bn_cifar", {"bn", false, {128, 64, 8, 8}}},
+    {"bn_r50", {"bn", false, {32, 2048, 7, 7}}},
+    {"in_r50", {"in", false, {32, 2048, 7, 7}}},
+    {"gn_r50", {"gn", false, {32, 2048, 7, 7}}},
 };
 
 double now_us() {

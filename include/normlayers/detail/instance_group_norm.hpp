@@ -155,18 +155,6 @@ GroupGeometry group_geometry(const char* layer, const X& x, Index num_groups, In
   return g;
 }
 
-// The moments of one group from those of its D channels (count values each,
-// channel d's mean and M2 at m[d * stride], m2[d * stride]), merged in
-// channel order with Chan's formula: exact, whatever the layout.
-template <typename Acc>
-void merge_group_moments(Index D, Acc count, const Acc* m, const Acc* m2, Index stride, Acc& mean,
-                         Acc& M2) {
-  Acc total = 0;
-  mean = M2 = 0;
-  for (Index d = 0; d < D; ++d, total += count)
-    kernels::merge_moments(total, mean, M2, count, m[d * stride], m2[d * stride]);
-}
-
 // Channels-first row-major GroupNorm: the D channels of a group are D
 // consecutive rows of the per-(n, c) view, D*HW contiguous values that stay in
 // cache, so each group is reduced and normalized (or backpropagated) in one
@@ -309,7 +297,8 @@ void group_norm_forward_run(const GroupGeometry& g, const Parallel& par, const T
     const Index s0 = g.inst.row_major ? ns * g.inst.channels + c0 : c0 * g.inst.batch + ns;
     const Index stride = g.inst.row_major ? 1 : g.inst.batch;
     Acc gm = 0, gm2 = 0;
-    merge_group_moments(g.group_size, count, m.data() + s0, m2.data() + s0, stride, gm, gm2);
+    kernels::merge_equal_moments(g.group_size, count, m.data() + s0, m2.data() + s0, stride, gm,
+                                 gm2);
     const Index gs = g.inst.row_major ? ns * g.groups + grp : grp * g.inst.batch + ns;
     const Acc r = Acc(1) / std::sqrt(gm2 / static_cast<Acc>(g.count) + eps);
     mean[gs] = gm;
