@@ -48,6 +48,10 @@ inline RowNormResult row_norm_forward(const Vec& x, std::size_t D, const Vec& ga
 
 struct RowNormGrads {
   Vec dx, dgamma, dbeta;
+  // Where filled: per parameter, the sum of the magnitudes of the terms
+  // summed into dgamma (|dy * xhat|) and dbeta (|dy|), which bounds what
+  // rounding a sum in floating point can err by (see expect_grads_close).
+  Vec dgamma_terms, dbeta_terms;
 };
 
 // LayerNorm: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = gamma * dy.
@@ -57,7 +61,7 @@ inline RowNormGrads row_norm_backward(const Vec& x, const Vec& dy, std::size_t D
                                       double eps, bool centered) {
   const RowNormResult f = row_norm_forward(x, D, {}, {}, eps, centered);
   const std::size_t rows = D ? x.size() / D : 0;
-  RowNormGrads r{Vec(x.size()), Vec(D, 0.0), Vec(D, 0.0)};
+  RowNormGrads r{Vec(x.size()), Vec(D, 0.0), Vec(D, 0.0), {}, {}};
   for (std::size_t i = 0; i < rows; ++i) {
     double mean_g = 0, mean_gx = 0;
     for (std::size_t j = 0; j < D; ++j) {
@@ -132,7 +136,8 @@ inline RowNormGrads batch_norm_backward(const Vec& x, const Vec& dy, const std::
   const std::size_t channels = std::size_t(dims[axis]);
   const auto ch = channel_of_each(dims, axis);
   const auto f = batch_norm_forward(x, dims, axis, {}, {}, eps, fixed_mean, fixed_var);
-  RowNormGrads r{Vec(x.size()), Vec(channels, 0.0), Vec(channels, 0.0)};
+  RowNormGrads r{Vec(x.size()), Vec(channels, 0.0), Vec(channels, 0.0), Vec(channels, 0.0),
+                 Vec(channels, 0.0)};
   Vec mean_g(channels, 0.0), mean_gx(channels, 0.0), count(channels, 0.0);
   auto g_at = [&](std::size_t i) { return dy[i] * (gamma.empty() ? 1.0 : gamma[ch[i]]); };
   for (std::size_t i = 0; i < x.size(); ++i) {
@@ -141,6 +146,8 @@ inline RowNormGrads batch_norm_backward(const Vec& x, const Vec& dy, const std::
     count[ch[i]] += 1;
     r.dgamma[ch[i]] += dy[i] * f.y[i];
     r.dbeta[ch[i]] += dy[i];
+    r.dgamma_terms[ch[i]] += std::abs(dy[i] * f.y[i]);
+    r.dbeta_terms[ch[i]] += std::abs(dy[i]);
   }
   for (std::size_t i = 0; i < x.size(); ++i) {
     const std::size_t c = ch[i];
@@ -207,7 +214,7 @@ inline RowNormGrads grouped_norm_backward(const Vec& x, const Vec& dy, const Gro
                                           std::size_t channels, const Vec& gamma, double eps,
                                           const Vec& fixed_mean = {}, const Vec& fixed_var = {}) {
   const auto f = grouped_norm_forward(x, g, {}, {}, eps, fixed_mean, fixed_var);
-  RowNormGrads r{Vec(x.size()), Vec(channels, 0.0), Vec(channels, 0.0)};
+  RowNormGrads r{Vec(x.size()), Vec(channels, 0.0), Vec(channels, 0.0), {}, {}};
   Vec mean_g(g.num_stats, 0.0), mean_gx(g.num_stats, 0.0), count(g.num_stats, 0.0);
   auto g_at = [&](std::size_t i) { return dy[i] * (gamma.empty() ? 1.0 : gamma[g.chan[i]]); };
   for (std::size_t i = 0; i < x.size(); ++i) {

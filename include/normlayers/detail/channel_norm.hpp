@@ -149,22 +149,23 @@ void channel_norm_forward_chunked(const View& v, const Parallel& par, const T* x
   });
 }
 
-// Channels-first BatchNorm forward with short runs (H*W under
-// short_run_limit values: 7x7 or 8x8 feature maps, say): a channel's N runs
-// of a few packets each cost more in per-run setup and final reductions
-// than in reading them. Instead a piece of K consecutive channels is read as
-// N rows (one per sample) of K*H*W lanes, each lane a position (c, h, w),
-// reduced down the rows by the lane kernels (accumulators in registers, no
-// reduction across lanes); each channel's moments are then merged from its
-// H*W lanes (merge_equal_moments: exact), and the piece normalized right
-// after, still in L2, with per-lane copies of its channels' statistics.
-// Pieces depend on the shape alone: results do not depend on the thread
-// count. Measured, AVX-512, benchmarks/ab, against a block per channel:
-// 32x2048x7x7 2.8-3.5x as fast (0.10-0.12 -> 0.33-0.42 of a memcpy),
-// 128x64x8x8 3.5-3.7x, 32x1024x14x14 1.30x; 32x512x28x28 0.81x and
-// 32x64x56x56 0.73x (hence the limit). (The backward the same way was
-// 1.6-2.8x as fast at 7x7 and 8x8 but summed a float parameter gradient
-// less accurately in one test case; not yet in.)
+// Channels-first BatchNorm with short runs (H*W under short_run_limit
+// values: 7x7 or 8x8 feature maps, say): a channel's N runs of a few packets
+// each cost more in per-run setup and final reductions than in reading them.
+// Instead a piece of K consecutive channels is read as N rows (one per
+// sample) of K*H*W lanes, each lane a position (c, h, w), reduced down the
+// rows by the lane kernels (accumulators in registers, no reduction across
+// lanes); each channel's moments (or backward sums) are then merged from its
+// H*W lanes (merge_equal_moments: exact), and the piece normalized (or
+// backpropagated) right after, still in L2, with per-lane copies of its
+// channels' statistics. Pieces depend on the shape alone: results do not
+// depend on the thread count. Measured, AVX-512, benchmarks/ab, against a
+// block per channel: forward 32x2048x7x7 3.4x as fast (0.11 -> 0.38 of a
+// memcpy), 128x64x8x8 3.3-3.7x, 32x1024x14x14 1.30x, but 32x512x28x28 0.81x
+// and 32x64x56x56 0.73x (hence the limit); backward 32x2048x7x7 2.8-2.9x,
+// 128x64x8x8 1.9-2.0x, 14x14 1.10x. The eval forward stays one pass in
+// storage order (stat_apply): in pieces it was 0.79-0.92x at 7x7 (1.8-2.0x
+// at 8x8).
 inline constexpr Index short_run_limit = 512;
 inline bool use_short_runs(const View& v) {
   return v.P == 1 && v.T == 1 && v.Q > 1 && v.R > 1 && v.S < short_run_limit;
@@ -307,7 +308,7 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
     return;
   }
   const FinishStat<P, Acc> finish{gamma, beta, eps, mean_out, var_out, rstd_out};
-  if (use_short_runs(v)) {
+  if (batch_stats && use_short_runs(v)) {  // given statistics: stat_apply, below
     struct State {
       aligned_vector<Acc> mean, m2, scale, shift;
     };
@@ -319,20 +320,14 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
     const Index S = v.S;
     for_each_short_runs_piece<T>(v, par, 1, make, [&](State& st, Index c0, Index K,
                                                       const kernels::Block& b) {
-      if (batch_stats) kernels::block_moments<true>(x + c0 * S, b, st.mean.data(), st.m2.data());
+      kernels::block_moments<true>(x + c0 * S, b, st.mean.data(), st.m2.data());
       for (Index k = 0; k < K; ++k) {
         const Index c = c0 + k;
         const auto l = static_cast<std::size_t>(k * S);
-        Acc mean, var;
-        if (batch_stats) {
-          kernels::merge_equal_moments(S, static_cast<Acc>(v.Q), st.mean.data() + l,
-                                       st.m2.data() + l, 1, mean, var);
-          var /= static_cast<Acc>(v.Q * S);
-        } else {
-          mean = static_cast<Acc>(stats_mean[c]);
-          var = static_cast<Acc>(stats_var[c]);
-        }
-        const auto [scale, shift] = finish(c, mean, var);
+        Acc mean, m2;
+        kernels::merge_equal_moments(S, static_cast<Acc>(v.Q), st.mean.data() + l,
+                                     st.m2.data() + l, 1, mean, m2);
+        const auto [scale, shift] = finish(c, mean, m2 / static_cast<Acc>(v.Q * S));
         std::fill_n(st.mean.begin() + l, S, mean);
         std::fill_n(st.scale.begin() + l, S, scale);
         std::fill_n(st.shift.begin() + l, S, shift);
@@ -524,6 +519,38 @@ void channel_norm_backward(const View& v, const Parallel& par, const T* x, const
   const bool need_sums = batch_stats || dgamma || dbeta;
   const BackwardCoefficients<P, Acc> coefficients{
       gamma, rstd, Acc(1) / static_cast<Acc>(v.reduced_size()), batch_stats, dgamma, dbeta};
+  if (use_short_runs(v)) {
+    struct State {
+      aligned_vector<Acc> mean, a, b, w, z;
+    };
+    const auto make = [](Index width) {
+      const auto n = static_cast<std::size_t>(width);
+      return State{aligned_vector<Acc>(n), aligned_vector<Acc>(n), aligned_vector<Acc>(n),
+                   aligned_vector<Acc>(n), aligned_vector<Acc>(n)};
+    };
+    const Index S = v.S;
+    for_each_short_runs_piece<T>(v, par, 2, make, [&](State& st, Index c0, Index K,
+                                                      const kernels::Block& b) {
+      for (Index k = 0; k < K; ++k) std::fill_n(st.mean.begin() + k * S, S, mean[c0 + k]);
+      if (need_sums)
+        kernels::backward_reduce_block(x + c0 * S, dy + c0 * S, b, st.mean.data(), st.a.data(),
+                                       st.b.data());
+      for (Index k = 0; k < K; ++k) {
+        const auto l = static_cast<std::size_t>(k * S);
+        const auto add = [](auto acc, auto value) { return kernels::padd(acc, value); };
+        const Acc sum_dy = need_sums ? kernels::sum_run(st.a.data() + l, S, add) : Acc(0);
+        const Acc sum_dyxc = need_sums ? kernels::sum_run(st.b.data() + l, S, add) : Acc(0);
+        const auto [shift, w, z] = coefficients(c0 + k, sum_dy, sum_dyxc);
+        std::fill_n(st.a.begin() + l, S, shift);  // a: the shifts now
+        std::fill_n(st.w.begin() + l, S, w);
+        std::fill_n(st.z.begin() + l, S, z);
+      }
+      kernels::backward_apply_block(x + c0 * S, dy + c0 * S, dx + c0 * S, b, st.mean.data(),
+                                    static_cast<const Acc*>(nullptr), st.a.data(), st.w.data(),
+                                    st.z.data());
+    });
+    return;
+  }
   const auto lanes = static_cast<std::size_t>(v.T);
   struct State {
     aligned_vector<Acc> sum_dy, sum_dyxc, shift, w, z;
