@@ -537,9 +537,8 @@ void channel_norm_backward(const View& v, const Parallel& par, const T* x, const
                                        st.b.data());
       for (Index k = 0; k < K; ++k) {
         const auto l = static_cast<std::size_t>(k * S);
-        const auto add = [](auto acc, auto value) { return kernels::padd(acc, value); };
-        const Acc sum_dy = need_sums ? kernels::sum_run(st.a.data() + l, S, add) : Acc(0);
-        const Acc sum_dyxc = need_sums ? kernels::sum_run(st.b.data() + l, S, add) : Acc(0);
+        const Acc sum_dy = need_sums ? kernels::sum_values(st.a.data() + l, S) : Acc(0);
+        const Acc sum_dyxc = need_sums ? kernels::sum_values(st.b.data() + l, S) : Acc(0);
         const auto [shift, w, z] = coefficients(c0 + k, sum_dy, sum_dyxc);
         std::fill_n(st.a.begin() + l, S, shift);  // a: the shifts now
         std::fill_n(st.w.begin() + l, S, w);

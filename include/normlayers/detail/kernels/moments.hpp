@@ -63,13 +63,13 @@ template <typename T>
 void merge_equal_moments(Index D, T count, const T* m, const T* m2, Index stride, T& mean,
                          T& M2) {
   if (stride == 1) {
-    mean = sum_run(m, D, [](auto acc, auto v) { return padd(acc, v); }) / static_cast<T>(D);
+    mean = sum_values(m, D) / static_cast<T>(D);
     const T between = sum_run(m, D, [mu = mean](auto acc, auto v) {
       using V = decltype(v);
       const V d = psub(v, splat<V>(mu));
       return pmadd(d, d, acc);
     });
-    M2 = sum_run(m2, D, [](auto acc, auto v) { return padd(acc, v); }) + count * between;
+    M2 = sum_values(m2, D) + count * between;
     return;
   }
   T sum = 0, within = 0, between = 0;

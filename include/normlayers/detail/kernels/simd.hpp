@@ -141,6 +141,11 @@ T sum_run(const T* x, Index n, F f) {
   sum_rows<1>(x, 0, n, [&f](auto acc, auto v, auto) { return f(acc, v); }, &sum);
   return sum;
 }
+// sum over i < n of x[i].
+template <typename T>
+T sum_values(const T* x, Index n) {
+  return sum_run(x, n, [](auto acc, auto v) { return padd(acc, v); });
+}
 
 // A pass that reads more values than this (16 MiB of float, over all its
 // inputs) writes its output with non-temporal (streaming) stores: its reads
