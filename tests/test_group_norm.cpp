@@ -82,6 +82,20 @@ TYPED_TEST(GroupNormTest, MatchesReferenceForEveryRankAndOption) {
   }
 }
 
+// Small feature maps (channels-first row-major): [N, C] inputs and 1x1 maps
+// (a group is one row of D lanes; 54 and 20 groups, 4 at a time and a
+// remainder), 7x7 runs of 4 channels a group (rows off packet boundaries),
+// 5x5 runs of 10 channels a group.
+TYPED_TEST(GroupNormTest, SmallMapsMatchReference) {
+  for (Case c : kCases) {
+    const bool last = c.channels_last;
+    check_against_reference<TypeParam>(std::array<Index, 2>{9, 48}, 6, c, 51);
+    check_against_reference<TypeParam>(last ? std::array<Index, 4>{5, 1, 1, 16} : std::array<Index, 4>{5, 16, 1, 1}, 4, c, 52);
+    check_against_reference<TypeParam>(last ? std::array<Index, 4>{3, 7, 7, 32} : std::array<Index, 4>{3, 32, 7, 7}, 8, c, 53);
+    check_against_reference<TypeParam>(last ? std::array<Index, 4>{3, 5, 5, 20} : std::array<Index, 4>{3, 20, 5, 5}, 2, c, 54);
+  }
+}
+
 // Wide channels-last inputs: vector lanes across 800 channels (strips of
 // packets of every width, groups straddling packets) and several chunks of
 // rows per sample, merged with Chan's formula.
@@ -324,6 +338,37 @@ TEST(GroupNormLarge, StreamingBackwardMatchesTheReference) {
       test::expect_grads_close(test::logical(dx), gn, grads, true, true, 1e-5, 1e-3, 1e-5);
       EXPECT_EQ(dxbuf(offset ? 0 : Index(n)), 0.f);  // nothing written outside the output
     }
+}
+
+// Small maps over 4M values (4x4, 8 channels a group): the forward's
+// groups summed 4 at a time and streamed, the backward's rows of 16 values
+// (whole packets) streamed, aligned and one float off alignment. A
+// parameter gradient sums 1040 per-sample terms of ~2 in float: errors
+// up to 4.7e-5 measured, so atol 1e-4.
+TEST(GroupNormLarge, StreamingSmallMapsMatchTheReference) {
+  const std::array<Index, 4> dims{1040, 256, 4, 4};
+  const std::size_t n = std::size_t(test::numel(dims));
+  ASSERT_GT(n, std::size_t(4) << 20);
+  auto gn = make_gn<float>(32, 256, {true, false}, 61);
+  const auto x =
+      test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 62, -0.5, 2.0));
+  const auto dy = test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 63));
+  const Vec gamma = test::to_vec(gn.weight()), beta = test::to_vec(gn.bias());
+  const auto grouping = reference::group_by_sample_and_channel(test::dims_vec(dims), 1, 8);
+  const auto ref = reference::grouped_norm_forward(test::logical(x), grouping, gamma, beta, 1e-5);
+  test::expect_forward_at_offsets(dims, [&](auto& y) { gn.forward(x, y); }, ref.y, 1e-5, 1e-5);
+  const auto grads = reference::grouped_norm_backward(test::logical(x), test::logical(dy),
+                                                      grouping, 256, gamma, 1e-5);
+  test::expect_at_offsets(
+      dims,
+      [&](auto& dx) {
+        gn.zero_grad();
+        gn.forward(x);
+        gn.backward(x, dy, dx);
+      },
+      [&](const Vec& dx) {
+        test::expect_grads_close(dx, gn, grads, true, true, 1e-5, 1e-4, 1e-5);
+      });
 }
 
 }  // namespace

@@ -201,6 +201,35 @@ TEST(Parallel, GroupNormAndInstanceNorm) {
 }
 
 
+// Small maps, channels-first: runs of 49 values taken 4 rows at a time
+// (InstanceNorm, GroupNorm's backward), groups of 147 values summed 4 at a
+// time, [N, C] GroupNorm (a group is one row of lanes): whichever rows a
+// range starts at, every row and group is computed the same.
+TEST(Parallel, SmallMapsGroupNormAndInstanceNorm) {
+  const std::array<Index, 4> dims{5, 12, 7, 7};
+  expect_same_for_any_thread_count<Eigen::RowMajor>(dims, [] {
+    nl::GroupNorm<double> gn(4, 12);
+    test::set_random_params(gn, 4);
+    return gn;
+  });
+  for (bool eval : {false, true})
+    expect_same_for_any_thread_count<Eigen::RowMajor>(dims, [=] {
+      nl::InstanceNormOptions o;
+      o.affine = true;
+      o.track_running_stats = true;
+      nl::InstanceNorm<double> in(12, o);
+      test::set_random_params(in, 5);
+      test::set_random_running_stats(in, 9);
+      if (eval) in.eval();
+      return in;
+    });
+  expect_same_for_any_thread_count<Eigen::RowMajor>(std::array<Index, 2>{9, 48}, [] {
+    nl::GroupNorm<double> gn(6, 48);
+    test::set_random_params(gn, 6);
+    return gn;
+  });
+}
+
 // Channels-last InstanceNorm and GroupNorm forwards read from memory (over 4M
 // values) with rows of one strip pipeline their samples: one is summed while
 // the previous one is normalized, the first of every range alone. 8 channels

@@ -152,23 +152,33 @@ inline ::testing::AssertionResult all_close(const Vec& got, const Vec& want, dou
          << got[worst] << ", want " << want[worst] << " (rtol " << rtol << ", atol " << atol << ")";
 }
 
-// Runs forward(y) with a float row-major y of `dims` at the start of an
+// Runs write(out) with a float row-major out of `dims` at the start of an
 // aligned buffer one element longer (offset 0) and one element into it
-// (offset 1: streaming stores then meet a head and a tail); checks y against
-// `want` and that the buffer's element outside y stays 0.
-template <std::size_t Rank, typename Forward>
-void expect_forward_at_offsets(const std::array<Index, Rank>& dims, Forward forward,
-                               const Vec& want, double rtol, double atol) {
+// (offset 1: streaming stores then meet a head and a tail), then
+// check(logical(out)), and checks that the buffer's element outside out
+// stays 0.
+template <std::size_t Rank, typename Write, typename Check>
+void expect_at_offsets(const std::array<Index, Rank>& dims, Write write, Check check) {
   const std::size_t n = std::size_t(numel(dims));
   for (std::size_t offset : {0, 1}) {
     SCOPED_TRACE(::testing::Message() << "output offset " << offset);
     Eigen::Tensor<float, 1> buf{Index(n + 1)};  // aligned storage
     buf.setZero();
-    Eigen::TensorMap<Eigen::Tensor<float, int(Rank), Eigen::RowMajor>> y(buf.data() + offset, dims);
-    forward(y);
-    EXPECT_TRUE(all_close(logical(y), want, rtol, atol));
+    Eigen::TensorMap<Eigen::Tensor<float, int(Rank), Eigen::RowMajor>> out(buf.data() + offset,
+                                                                          dims);
+    write(out);
+    check(logical(out));
     EXPECT_EQ(buf(offset ? 0 : Index(n)), 0.f);  // nothing written outside the output
   }
+}
+
+// expect_at_offsets of forward(y), y checked against `want`.
+template <std::size_t Rank, typename Forward>
+void expect_forward_at_offsets(const std::array<Index, Rank>& dims, Forward forward,
+                               const Vec& want, double rtol, double atol) {
+  expect_at_offsets(dims, forward, [&](const Vec& y) {
+    EXPECT_TRUE(all_close(y, want, rtol, atol));
+  });
 }
 
 inline double max_abs(const Vec& v) {

@@ -66,12 +66,16 @@ const std::map<std::string, Shape> shapes = {
     {"gn2_nhwc", {"gn", true, {2, 64, 64, 320}}},
     {"in_nchw", {"in", false, {8, 64, 128, 128}}},
     {"in_nhwc", {"in", true, {8, 128, 128, 64}}},
-    // Short runs (small feature maps, not in the suite): CIFAR-style 8x8 and
-    // ResNet-50's last stage.
+    // Short runs (small feature maps, not in the suite): CIFAR-style 8x8,
+    // ResNet-50's last stage, 4x4 maps, GroupNorm on [N, C] (1x1) and with
+    // groups of 784 values.
     {"bn_cifar", {"bn", false, {128, 64, 8, 8}}},
     {"bn_r50", {"bn", false, {32, 2048, 7, 7}}},
     {"in_r50", {"in", false, {32, 2048, 7, 7}}},
     {"gn_r50", {"gn", false, {32, 2048, 7, 7}}},
+    {"in_4x4", {"in", false, {128, 1024, 4, 4}}},
+    {"gn_1x1", {"gn", false, {2048, 1024, 1, 1}}},
+    {"gn_7x7", {"gn", false, {64, 512, 7, 7}}},
 };
 
 double now_us() {

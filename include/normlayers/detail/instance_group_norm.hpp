@@ -9,6 +9,7 @@
 // order of the N and C axes); GroupNorm reduces on a second view where C is
 // split into (G, D).
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -51,19 +52,39 @@ InstanceGeometry instance_geometry(const char* layer, const X& x, Index num_chan
 template <typename P>
 aligned_vector<P> per_stat(const InstanceGeometry& g, const P* per_channel) {
   aligned_vector<P> out(per_channel ? static_cast<std::size_t>(g.num_stats()) : 0);
-  for (std::size_t s = 0; s < out.size(); ++s) out[s] = per_channel[g.channel_of(Index(s))];
+  if (out.empty()) return out;
+  // Copies and fills rather than channel_of per statistic: with many small
+  // instances (ResNet's 7x7 maps) a division per statistic cost a quarter of
+  // the forward.
+  for (Index outer = 0; outer < (g.row_major ? g.batch : g.channels); ++outer) {
+    P* o = out.data() + outer * (g.row_major ? g.channels : g.batch);
+    if (g.row_major)
+      std::copy_n(per_channel, g.channels, o);
+    else
+      std::fill_n(o, g.batch, per_channel[outer]);
+  }
   return out;
 }
 
-// out[channel] += sum over samples of per_stat[stat], samples in order.
+// out[channel] += sum over samples of per_stat[stat]: partial sums per
+// block of kernels::row_block samples, added in order, so the rounding error
+// grows with the block length plus the number of blocks (as in the kernels'
+// sums), not with the batch (measured, float, InstanceNorm and GroupNorm
+// 1040x256x4x4: dgamma's worst error against a double reference 9.5e-5 ->
+// 4.7e-5; the rest is the per-sample sums' own rounding).
 template <typename Acc, typename P>
 void add_per_channel(const InstanceGeometry& g, const aligned_vector<Acc>& stat_values, P* out) {
-  aligned_vector<Acc> sums(static_cast<std::size_t>(g.channels), Acc(0));
-  for (Index n = 0; n < g.batch; ++n)
-    for (Index c = 0; c < g.channels; ++c) {
-      const Index stat = g.row_major ? n * g.channels + c : c * g.batch + n;
-      sums[static_cast<std::size_t>(c)] += stat_values[static_cast<std::size_t>(stat)];
-    }
+  const auto channels = static_cast<std::size_t>(g.channels);
+  aligned_vector<Acc> sums(channels, Acc(0)), part(channels);
+  for (Index n0 = 0; n0 < g.batch; n0 += kernels::row_block) {
+    std::fill(part.begin(), part.end(), Acc(0));
+    for (Index n = n0; n < std::min(g.batch, n0 + kernels::row_block); ++n)
+      for (Index c = 0; c < g.channels; ++c) {
+        const Index stat = g.row_major ? n * g.channels + c : c * g.batch + n;
+        part[static_cast<std::size_t>(c)] += stat_values[static_cast<std::size_t>(stat)];
+      }
+    for (std::size_t c = 0; c < channels; ++c) sums[c] += part[c];
+  }
   for (Index c = 0; c < g.channels; ++c) out[c] += static_cast<P>(sums[static_cast<std::size_t>(c)]);
 }
 
@@ -166,6 +187,7 @@ inline bool groups_are_contiguous(const GroupGeometry& g) {
   return g.inst.row_major && g.inst.axis == 1 && v.Q == 1 && v.R == 1 && v.T == 1;
 }
 
+inline constexpr Index small_group_values = 1024;
 template <typename T, typename P, typename Acc>
 void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const T* x, T* y,
                               const P* gamma, const P* beta, Acc eps, Acc* mean, Acc* rstd) {
@@ -176,27 +198,56 @@ void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const
   // reductions of D short runs cost more than the sums themselves (measured,
   // AVX-512, 8x320x32x32 forward: 0.49-0.51 -> 0.61-0.64 of a memcpy,
   // 8x128x16x16 0.29 -> 0.53).
-  const kernels::Block group{1, D * hw, 1, 0, 1, run.stream};
+  // Groups of under small_group_values values take their moments
+  // kernels::rows_at_once groups at a time (a group's result does not
+  // depend on it), so the sums of short groups overlap. One value per
+  // channel ([N, C] inputs, 1x1 maps): the group is one row of D lanes,
+  // applied in one call with per-channel arrays rather than channel by
+  // channel. Measured, AVX-512, benchmarks/ab, forward: 2048x1024x1x1 3.8x
+  // as fast (0.02 -> 0.08-0.10 of a memcpy), 64x512x7x7 (784 values a group)
+  // 1.12x; groups of 3136 values (32x2048x7x7) at once 0.85x, hence the
+  // limit.
+  const bool small_groups = D * hw < small_group_values;
+  const bool lanes = hw == 1;
+  const kernels::Block row{1, 1, D, 0, D, run.stream};
   par.for_ranges(g.num_group_stats(), pass_bytes(D * hw, 1), [&](Index first, Index last) {
-    for (Index gs = first; gs < last; ++gs) {  // gs = n*G + grp, rows gs*D .. gs*D + D - 1
-      Acc gm = 0, gm2 = 0;
-      kernels::block_moments<true>(x + gs * D * hw, group, &gm, &gm2);
-      const Acc r = Acc(1) / std::sqrt(gm2 / static_cast<Acc>(g.count) + eps);
-      mean[gs] = gm;
-      rstd[gs] = r;
-      for (Index d = 0; d < D; ++d) {
-        const Index c = (gs % g.groups) * D + d;
-        const Acc scale = r * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1));
-        const Acc shift = beta ? static_cast<Acc>(beta[c]) : Acc(0);
-        const Index o = (gs * D + d) * hw;
-        // The apply, which reads the group back from L2, prefetches the
-        // next group meanwhile: its moments then read it from cache, not
-        // from L3 (measured, bench, 5 alternating runs, 1 thread:
-        // 8x320x32x32 415 -> 372 us, 2x320x64x64 405 -> 348 us).
-        kernels::normalize_block_per_stat(x + o, y + o, run, &gm, &scale, &shift,
-                                          gs + 1 < last ? D * hw : 0);
+    aligned_vector<Acc> means(lanes ? std::size_t(D) : 0), scales(means.size()),
+        shifts(means.size());
+    kernels::for_each_row_group(first, last, small_groups, [&](Index gs0, auto count) {
+      constexpr int R = decltype(count)::value;
+      Acc gms[R], gm2s[R];
+      kernels::row_moments<true, R>(x + gs0 * D * hw, D * hw, D * hw, gms, gm2s);
+      for (Index gs = gs0; gs < gs0 + R; ++gs) {  // gs = n*G + grp, rows gs*D .. gs*D + D - 1
+        const Acc gm = gms[gs - gs0];
+        const Acc r = Acc(1) / std::sqrt(gm2s[gs - gs0] / static_cast<Acc>(g.count) + eps);
+        mean[gs] = gm;
+        rstd[gs] = r;
+        if (lanes) {
+          const Index c0 = (gs % g.groups) * D;
+          for (Index d = 0; d < D; ++d) {
+            const auto i = std::size_t(d);
+            means[i] = gm;
+            scales[i] = r * (gamma ? static_cast<Acc>(gamma[c0 + d]) : Acc(1));
+            shifts[i] = beta ? static_cast<Acc>(beta[c0 + d]) : Acc(0);
+          }
+          kernels::normalize_block_per_stat(x + gs * D, y + gs * D, row, means.data(),
+                                            scales.data(), shifts.data());
+          continue;
+        }
+        for (Index d = 0; d < D; ++d) {
+          const Index c = (gs % g.groups) * D + d;
+          const Acc scale = r * (gamma ? static_cast<Acc>(gamma[c]) : Acc(1));
+          const Acc shift = beta ? static_cast<Acc>(beta[c]) : Acc(0);
+          const Index o = (gs * D + d) * hw;
+          // The apply, which reads the group back from L2, prefetches the
+          // next group meanwhile: its moments then read it from cache, not
+          // from L3 (measured, bench, 5 alternating runs, 1 thread:
+          // 8x320x32x32 415 -> 372 us, 2x320x64x64 405 -> 348 us).
+          kernels::normalize_block_per_stat(x + o, y + o, run, &gm, &scale, &shift,
+                                            gs + 1 < last ? D * hw : 0);
+        }
       }
-    }
+    });
     if (run.stream) kernels::streaming_fence();
   });
 }
@@ -210,19 +261,62 @@ void group_norm_backward_fused(const GroupGeometry& g, const Parallel& par, cons
   const Index hw = g.inst.count, D = g.group_size;
   const kernels::Block run{1, hw, 1, 0, 1, g.inst.view.streams_output(2)};
   const Acc inv_m = Acc(1) / static_cast<Acc>(g.count);
+  // Maps of under short_run_limit values: the group's channels as rows
+  // (see use_short_rows), or for one value per channel as one row of D lanes
+  // (see group_norm_forward_fused), with per-channel arrays of the mean,
+  // gamma, v, rstd and z, rather than a reduce and an apply call per channel.
+  // Measured, AVX-512, benchmarks/ab, backward: 32x2048x7x7 1.5-1.6x as fast
+  // (0.24-0.27 -> 0.39-0.42 of a memcpy), 64x512x7x7 1.75x, 2048x1024x1x1
+  // 5.6-5.8x (0.009 -> 0.05).
+  const bool lanes = hw == 1, short_rows = !lanes && hw < short_run_limit;
+  const bool rows_streamed = rows_stream<T>(g.inst.view, hw, 2);
+  const kernels::Block row{1, 1, D, 0, D, run.stream};
   par.for_ranges(g.num_group_stats(), pass_bytes(D * hw, 2), [&](Index first, Index last) {
+    const auto per_channel = static_cast<std::size_t>(short_rows || lanes ? D : 0);
+    aligned_vector<Acc> gms(per_channel), us(per_channel), vs(per_channel), ws(per_channel),
+        zs(per_channel);
     for (Index gs = first; gs < last; ++gs) {
       const Acc gm = mean[gs], r = rstd[gs];
+      const Index s0 = gs * D, c0 = (gs % g.groups) * D;
+      std::fill(gms.begin(), gms.end(), gm);
+      if (lanes)
+        kernels::backward_reduce_block(x + s0, dy + s0, row, gms.data(), a + s0, b + s0);
+      if (short_rows)
+        kernels::for_each_row_group(0, D, true, [&](Index d, auto count) {
+          const Index o = (s0 + d) * hw;
+          kernels::backward_reduce_rows<decltype(count)::value>(x + o, dy + o, hw, hw,
+                                                                gms.data() + d, a + s0 + d,
+                                                                b + s0 + d);
+        });
       Acc A = 0, B = 0;
       for (Index d = 0; d < D; ++d) {
-        const Index s = gs * D + d, c = (gs % g.groups) * D + d;
-        kernels::backward_reduce_block(x + s * hw, dy + s * hw, run, &gm, a + s, b + s);
+        const Index s = s0 + d, c = c0 + d;
+        if (!short_rows && !lanes)
+          kernels::backward_reduce_block(x + s * hw, dy + s * hw, run, &gm, a + s, b + s);
         const Acc gc = gamma ? static_cast<Acc>(gamma[c]) : Acc(1);
         A += gc * a[s];
         B += gc * b[s];
         b[s] *= r;
       }
       const Acc v = -A * inv_m, z = -r * r * r * B * inv_m;
+      if (short_rows || lanes) {
+        for (Index d = 0; d < D; ++d) {
+          const auto i = std::size_t(d);
+          us[i] = gamma ? static_cast<Acc>(gamma[c0 + d]) : Acc(1);
+          vs[i] = v, ws[i] = r, zs[i] = z;
+        }
+        if (lanes)
+          kernels::backward_apply_block(x + s0, dy + s0, dx + s0, row, gms.data(), us.data(),
+                                        vs.data(), ws.data(), zs.data());
+        else
+          kernels::for_each_row_group(0, D, true, [&](Index d, auto count) {
+            const Index o = (s0 + d) * hw;
+            kernels::backward_apply_rows<decltype(count)::value>(
+                x + o, dy + o, dx + o, hw, hw, rows_streamed, gms.data() + d, us.data() + d,
+                vs.data() + d, ws.data() + d, zs.data() + d);
+          });
+        continue;
+      }
       for (Index d = 0; d < D; ++d) {
         const Index s = gs * D + d, c = (gs % g.groups) * D + d;
         const Acc u = gamma ? static_cast<Acc>(gamma[c]) : Acc(1);
@@ -230,7 +324,7 @@ void group_norm_backward_fused(const GroupGeometry& g, const Parallel& par, cons
                                       &z);
       }
     }
-    if (run.stream) kernels::streaming_fence();
+    if (run.stream || rows_streamed) kernels::streaming_fence();
   });
 }
 

@@ -229,6 +229,58 @@ void backward_reduce_block(const T* x, const T* dy, const Block& b, const T* mea
       sum_dy, sum_dyxc);
 }
 
+// Rows of one statistic each whose affine map is constant over the row
+// (InstanceNorm channels-first, the channels of a GroupNorm group): R rows
+// (stride apart) of S values, sum_dy[k] = sum dy, sum_dyxc[k] = sum dy * (x
+// - mean[k]): the sums backward_reduce_block takes over a run, the same for
+// a row whatever R.
+template <int R, typename T>
+void backward_reduce_rows(const T* x, const T* dy, Index S, Index stride, const T* mean,
+                          T* sum_dy, T* sum_dyxc) {
+  constexpr int R2 = R < 2 ? R : 2;  // rows per sweep: 16 accumulators (see row_moments)
+  static_assert(R % R2 == 0, "rows go in pairs");
+  unrolled<R / R2>([&](auto pair) {
+    constexpr Index k0 = decltype(pair)::value * R2;
+    T m[R2];
+    unrolled<R2>([&](auto k) { m[k] = mean[k0 + k]; });
+    sum2_rows_with<R2>(
+        S,
+        [xp = x + k0 * stride, dp = dy + k0 * stride, stride](auto k, Index i, auto as) {
+          using V = decltype(as);
+          return std::pair<V, V>(load_as<V>(xp + k * stride + i), load_as<V>(dp + k * stride + i));
+        },
+        [&m](const auto& xd, auto& acc_a, auto& acc_b, auto k) {
+          using V = std::decay_t<decltype(xd.first)>;
+          acc_a = padd(acc_a, xd.second);
+          acc_b = pmadd(xd.second, psub(xd.first, splat<V>(m[k])), acc_b);
+        },
+        sum_dy + k0, sum_dyxc + k0);
+  });
+}
+
+// The apply of backward_apply_block over such rows, per row k:
+//   dx = (dy * u[k] + v[k]) * w[k] + (x - mean[k]) * z[k]   (u null: 1).
+template <int R, typename T>
+void backward_apply_rows(const T* x, const T* dy, T* dx, Index S, Index stride, bool stream,
+                         const T* mean, const T* u, const T* v, const T* w, const T* z) {
+  with_affine(u, static_cast<const T*>(nullptr), [&](auto has_u, auto) {
+    constexpr bool U = decltype(has_u)::value;
+    T m[R], uk[R], vk[R], wk[R], zk[R];
+    unrolled<R>([&](auto k) {
+      m[k] = mean[k], uk[k] = U ? u[k] : T(1), vk[k] = v[k], wk[k] = w[k], zk[k] = z[k];
+    });
+    map_rows_with<R>(
+        dx, stride, S, stream, [](Index, auto) { return 0; },
+        [=](int, auto k, Index s, auto as) {  // by value: stores to dx cannot alias them
+          using V = decltype(as);
+          const V dv = load_as<V>(dy + k * stride + s), xv = load_as<V>(x + k * stride + s);
+          const V g = U ? pmul(dv, splat<V>(uk[k])) : dv;
+          return pmadd(padd(g, splat<V>(vk[k])), splat<V>(wk[k]),
+                       pmul(psub(xv, splat<V>(m[k])), splat<V>(zk[k])));
+        });
+  });
+}
+
 // Apply: dx = (dy * u[t] + v[t]) * w[t] + (x - mean[t]) * z[t], with dy * u
 // rounded before v is added, as the reduce pass summed it, so terms that
 // cancel (dy - mean(dy) for one value per statistic) cancel exactly. u null:

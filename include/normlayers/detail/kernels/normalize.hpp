@@ -115,6 +115,26 @@ auto per_stat_apply_lanes(const T* x, T* y, bool stream, const T* mean, const T*
   };
 }
 
+// Rows of one statistic each whose affine map is constant over the row
+// (InstanceNorm channels-first, the channels of a GroupNorm group): R rows
+// (stride apart) of S values,
+//   y[k, s] = (x[k, s] - mean[k]) * scale[k] + shift[k],
+// the operations of normalize_block_per_stat on a run: a row's result
+// depends on neither R nor which of the two computed it.
+template <int R, typename T>
+void normalize_rows_per_stat(const T* x, T* y, Index S, Index stride, bool stream, const T* mean,
+                             const T* scale, const T* shift) {
+  T m[R], sc[R], sh[R];
+  unrolled<R>([&](auto k) { m[k] = mean[k], sc[k] = scale[k], sh[k] = shift[k]; });
+  map_rows_with<R>(
+      y, stride, S, stream, [](Index, auto) { return 0; },
+      [=](int, auto k, Index s, auto as) {  // by value: stores to y cannot alias them
+        using V = decltype(as);
+        return pmadd(psub(load_as<V>(x + k * stride + s), splat<V>(m[k])), splat<V>(sc[k]),
+                     splat<V>(sh[k]));
+      });
+}
+
 // Norms whose affine map is constant over each statistic (BatchNorm,
 // InstanceNorm, GroupNorm's apply): over one block,
 //   y = (x - mean[t]) * scale[t] + shift[t]
