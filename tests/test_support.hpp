@@ -273,6 +273,24 @@ void expect_grads_close(const Vec& dx, const Module& m, const Grads& want, bool 
   }
 }
 
+// expect_at_offsets of a fresh forward then backward(x, dy, dx) of module m
+// (float), dx and the parameter gradients checked against `want` (rtol
+// 1e-5, dx atol 1e-5, parameter gradients atol param_atol).
+template <std::size_t Rank, typename Module, typename X, typename Grads>
+void expect_backward_at_offsets(const std::array<Index, Rank>& dims, Module& m, const X& x,
+                                const X& dy, const Grads& want, double param_atol) {
+  expect_at_offsets(
+      dims,
+      [&](auto& dx) {
+        m.zero_grad();
+        m.forward(x);
+        m.backward(x, dy, dx);
+      },
+      [&](const Vec& dx) {
+        expect_grads_close(dx, m, want, m.has_weight(), m.has_bias(), 1e-5, param_atol, 1e-5);
+      });
+}
+
 // Gradient check in double by central differences (torch.autograd.gradcheck:
 // step 1e-6, rtol grad_rtol, atol grad_atol) of loss = <forward(x), g> for dx,
 // weight_grad and bias_grad, with x = random_vec(n, seed), g = random_vec(n, seed + 1).

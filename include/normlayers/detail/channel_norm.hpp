@@ -202,35 +202,38 @@ void for_each_short_runs_piece(const View& v, const Parallel& par, int inputs,
 }
 
 // One statistic per contiguous run of under short_run_limit values
-// (InstanceNorm channels-first on small feature maps): the runs are rows,
-// taken kernels::rows_at_once at a time, so their sums overlap and the per-
-// run setup is shared (see for_each_short_row_group), rather than a block
-// per run. Measured, AVX-512, benchmarks/ab, InstanceNorm 32x2048x7x7:
-// forward 3.5-4.0x as fast (0.10 -> 0.38-0.41 of a memcpy), backward 2.7x
-// (0.18-0.20 -> 0.48-0.55), eval with running statistics 2.0x (0.36 ->
-// 0.71); 128x1024x4x4: 5.6x (0.03 -> 0.18-0.21), 3.4x (0.08-0.10 ->
+// (InstanceNorm channels-first on small feature maps; also BatchNorm of one
+// sample, and channels-last inputs of one channel or 1x1 maps): the runs
+// are rows, taken kernels::rows_at_once at a time, so their sums overlap
+// and the per-run setup is shared (see for_each_short_row_group), rather
+// than a block per run. Measured, AVX-512, benchmarks/ab, InstanceNorm
+// 32x2048x7x7: forward 3.5-4.0x as fast (0.10 -> 0.38-0.41 of a memcpy),
+// backward 2.7x (0.18-0.20 -> 0.48-0.55), eval with running statistics 2.0x
+// (0.36 -> 0.71); 128x1024x4x4: 5.6x (0.03 -> 0.18-0.21), 3.4x (0.08-0.10 ->
 // 0.26-0.32), 3.7x (0.09 -> 0.33).
 inline bool use_short_rows(const View& v) {
   return v.T == 1 && v.Q == 1 && v.R == 1 && v.S < short_run_limit;
 }
-// Whether rows of S values of a pass over a view that streams its output
-// (see View::streams_output) stream it too: only if every row starts on a
-// packet boundary. A misaligned short row goes alone, its head and tail
-// scalar, and its streamed lines partial (measured, AVX-512, benchmarks/ab,
-// InstanceNorm 32x2048x7x7 backward: plain stores 1.38x as fast; 128x1024x4x4
-// the same either way).
+// Whether short rows of S values (under short_run_limit) written to `out`
+// by a pass over a view that streams its output (see View::streams_output)
+// stream it too: only if every row starts on a packet boundary (S a whole
+// number of packets, out aligned). A row that does not goes alone, its head
+// and tail scalar, and its streamed lines partial (measured, AVX-512,
+// benchmarks/ab, InstanceNorm 32x2048x7x7 backward: plain stores 1.38x as
+// fast; 128x1024x4x4 the same either way).
 template <typename T>
-bool rows_stream(const View& v, Index S, int inputs) {
-  return v.streams_output(inputs) && S % kernels::packet_size<T> == 0;
+bool rows_stream(const View& v, Index S, int inputs, const T* out) {
+  return v.streams_output(inputs) && S % kernels::packet_size<T> == 0 &&
+         kernels::packet_aligned<T>(out);
 }
 // Calls f(row, std::integral_constant<int, R>, stream) for the rows of one
 // statistic each of such a view (rows of v.S values, row r at r * v.S), in
-// groups of R, on par's threads, for a pass that reads `inputs` tensors
-// (stream: see rows_stream); a row's result does not depend on R, so neither
-// on the thread count.
+// groups of R, on par's threads, for a pass that reads `inputs` tensors and
+// writes `out` (stream: see rows_stream); a row's result does not depend on
+// R, so neither on the thread count.
 template <typename T, typename F>
-void for_each_short_row_group(const View& v, const Parallel& par, int inputs, F f) {
-  const bool stream = rows_stream<T>(v, v.S, inputs);
+void for_each_short_row_group(const View& v, const Parallel& par, int inputs, const T* out, F f) {
+  const bool stream = rows_stream<T>(v, v.S, inputs, out);
   par.for_ranges(v.P, pass_bytes(v.S, inputs), [&](Index first, Index last) {
     kernels::for_each_row_group(first, last, true,
                                 [&](Index row, auto count) { f(row, count, stream); });
@@ -376,7 +379,7 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
   }
   if (use_short_rows(v)) {
     const Index S = v.S;
-    for_each_short_row_group<T>(v, par, 1, [&](Index row, auto count, bool stream) {
+    for_each_short_row_group<T>(v, par, 1, y, [&](Index row, auto count, bool stream) {
       constexpr int R = decltype(count)::value;
       Acc mean[R], m2[R], scale[R], shift[R];
       if (batch_stats) kernels::row_moments<true, R>(x + row * S, S, S, mean, m2);
@@ -607,7 +610,7 @@ void channel_norm_backward(const View& v, const Parallel& par, const T* x, const
   }
   if (use_short_rows(v)) {
     const Index S = v.S;
-    for_each_short_row_group<T>(v, par, 2, [&](Index row, auto count, bool stream) {
+    for_each_short_row_group<T>(v, par, 2, dx, [&](Index row, auto count, bool stream) {
       constexpr int R = decltype(count)::value;
       Acc sum_dy[R] = {}, sum_dyxc[R] = {}, shift[R], w[R], z[R];
       const Index o = row * S;

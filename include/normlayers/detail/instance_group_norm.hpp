@@ -192,14 +192,18 @@ template <typename T, typename P, typename Acc>
 void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const T* x, T* y,
                               const P* gamma, const P* beta, Acc eps, Acc* mean, Acc* rstd) {
   const Index hw = g.inst.count, D = g.group_size;
-  const kernels::Block run{1, hw, 1, 0, 1, g.inst.view.streams_output(1)};
+  const View& view = g.inst.view;
+  // Short runs stream only from packet boundaries (see rows_stream).
+  const bool stream = hw < short_run_limit ? rows_stream<T>(view, hw, 1, y)
+                                           : view.streams_output(1);
+  const kernels::Block run{1, hw, 1, 0, 1, stream};
   // The group's moments as those of one run of D*hw values (one pass of
   // shifted sums, see first_values_mean): per channel, the setup and final
   // reductions of D short runs cost more than the sums themselves (measured,
   // AVX-512, 8x320x32x32 forward: 0.49-0.51 -> 0.61-0.64 of a memcpy,
   // 8x128x16x16 0.29 -> 0.53).
   // Groups of under small_group_values values take their moments
-  // kernels::rows_at_once groups at a time (a group's result does not
+  // kernels::rows_at_once groups (4 with AVX-512) at a time (a group's result does not
   // depend on it), so the sums of short groups overlap. One value per
   // channel ([N, C] inputs, 1x1 maps): the group is one row of D lanes,
   // applied in one call with per-channel arrays rather than channel by
@@ -269,7 +273,7 @@ void group_norm_backward_fused(const GroupGeometry& g, const Parallel& par, cons
   // (0.24-0.27 -> 0.39-0.42 of a memcpy), 64x512x7x7 1.75x, 2048x1024x1x1
   // 5.6-5.8x (0.009 -> 0.05).
   const bool lanes = hw == 1, short_rows = !lanes && hw < short_run_limit;
-  const bool rows_streamed = rows_stream<T>(g.inst.view, hw, 2);
+  const bool rows_streamed = rows_stream<T>(g.inst.view, hw, 2, dx);
   const kernels::Block row{1, 1, D, 0, D, run.stream};
   par.for_ranges(g.num_group_stats(), pass_bytes(D * hw, 2), [&](Index first, Index last) {
     const auto per_channel = static_cast<std::size_t>(short_rows || lanes ? D : 0);

@@ -131,7 +131,8 @@ bool moments_from_shifted(T shift, T s1, T s2, Index n, T& mean, T& m2) {
 }
 
 // mean[k], m2[k] of R rows (stride apart) of S > 0 values, one statistic per
-// row (row-major LayerNorm/RMSNorm). A row's result does not depend on R.
+// row (row-major LayerNorm/RMSNorm, short runs of InstanceNorm, small
+// GroupNorm groups). A row's result does not depend on R.
 template <bool Centered, int R, typename T>
 void row_moments(const T* x, Index stride, Index S, T* mean, T* m2) {
   if constexpr (!Centered) {
