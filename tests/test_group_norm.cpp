@@ -85,7 +85,8 @@ TYPED_TEST(GroupNormTest, MatchesReferenceForEveryRankAndOption) {
 // Small feature maps (channels-first row-major): [N, C] inputs and 1x1 maps
 // (a group is one row of D lanes; 54 and 20 groups, 4 at a time and a
 // remainder), 7x7 runs of 4 channels a group (rows off packet boundaries),
-// 5x5 runs of 10 channels a group.
+// 5x5 runs of 10 channels a group, 12x12 runs (too long for rows in the
+// backward).
 TYPED_TEST(GroupNormTest, SmallMapsMatchReference) {
   for (Case c : kCases) {
     const bool last = c.channels_last;
@@ -93,6 +94,7 @@ TYPED_TEST(GroupNormTest, SmallMapsMatchReference) {
     check_against_reference<TypeParam>(last ? std::array<Index, 4>{5, 1, 1, 16} : std::array<Index, 4>{5, 16, 1, 1}, 4, c, 52);
     check_against_reference<TypeParam>(last ? std::array<Index, 4>{3, 7, 7, 32} : std::array<Index, 4>{3, 32, 7, 7}, 8, c, 53);
     check_against_reference<TypeParam>(last ? std::array<Index, 4>{3, 5, 5, 20} : std::array<Index, 4>{3, 20, 5, 5}, 2, c, 54);
+    check_against_reference<TypeParam>(last ? std::array<Index, 4>{2, 12, 12, 8} : std::array<Index, 4>{2, 8, 12, 12}, 2, c, 55);
   }
 }
 

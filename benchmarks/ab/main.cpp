@@ -68,7 +68,8 @@ const std::map<std::string, Shape> shapes = {
     {"in_nhwc", {"in", true, {8, 128, 128, 64}}},
     // Short runs (small feature maps, not in the suite): CIFAR-style 8x8,
     // ResNet-50's last stage, 4x4 maps, GroupNorm on [N, C] (1x1) and with
-    // groups of 784 values.
+    // groups of 784 values, GroupNorm in Mask R-CNN's heads (7x7, 14x14),
+    // 10x10 maps.
     {"bn_cifar", {"bn", false, {128, 64, 8, 8}}},
     {"bn_r50", {"bn", false, {32, 2048, 7, 7}}},
     {"in_r50", {"in", false, {32, 2048, 7, 7}}},
@@ -76,6 +77,11 @@ const std::map<std::string, Shape> shapes = {
     {"in_4x4", {"in", false, {128, 1024, 4, 4}}},
     {"gn_1x1", {"gn", false, {2048, 1024, 1, 1}}},
     {"gn_7x7", {"gn", false, {64, 512, 7, 7}}},
+    {"gn_14", {"gn", false, {128, 256, 14, 14}}},
+    {"gn_roi7", {"gn", false, {512, 256, 7, 7}}},
+    {"in_14", {"in", false, {128, 256, 14, 14}}},
+    {"in_10", {"in", false, {256, 256, 10, 10}}},
+    {"gn_10", {"gn", false, {256, 256, 10, 10}}},
 };
 
 double now_us() {

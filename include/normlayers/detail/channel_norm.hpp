@@ -216,15 +216,20 @@ inline bool use_short_rows(const View& v) {
 }
 // Whether short rows of S values (under short_run_limit) written to `out`
 // by a pass over a view that streams its output (see View::streams_output)
-// stream it too: only if every row starts on a packet boundary (S a whole
-// number of packets, out aligned). A row that does not goes alone, its head
-// and tail scalar, and its streamed lines partial (measured, AVX-512,
-// benchmarks/ab, InstanceNorm 32x2048x7x7 backward: plain stores 1.38x as
-// fast; 128x1024x4x4 the same either way).
+// stream it too: if every row starts on a packet boundary (S a whole number
+// of packets, out aligned), or if rows are at least 4 packets long. A row
+// off a packet boundary goes alone, its head and tail scalar, its streamed
+// lines partial, which costs short rows more than streaming saves
+// (measured, AVX-512, benchmarks/ab, plain stores against streaming:
+// InstanceNorm 32x2048x7x7 backward 1.32-1.38x as fast, GroupNorm
+// 512x256x7x7 forward 1.22-1.25x, backward 1.33-1.40x; but 10x10 maps,
+// GroupNorm 256x256x10x10 forward 0.89x, backward 0.93x, InstanceNorm
+// backward 0.92x, and 14x14 0.81x).
 template <typename T>
 bool rows_stream(const View& v, Index S, int inputs, const T* out) {
-  return v.streams_output(inputs) && S % kernels::packet_size<T> == 0 &&
-         kernels::packet_aligned<T>(out);
+  constexpr Index N = kernels::packet_size<T>;
+  return v.streams_output(inputs) &&
+         ((S % N == 0 && kernels::packet_aligned<T>(out)) || S >= 4 * N);
 }
 // Calls f(row, std::integral_constant<int, R>, stream) for the rows of one
 // statistic each of such a view (rows of v.S values, row r at r * v.S), in

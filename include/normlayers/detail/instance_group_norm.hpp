@@ -188,6 +188,7 @@ inline bool groups_are_contiguous(const GroupGeometry& g) {
 }
 
 inline constexpr Index small_group_values = 1024;
+inline constexpr Index group_rows_limit = 128;  // see group_norm_backward_fused
 template <typename T, typename P, typename Acc>
 void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const T* x, T* y,
                               const P* gamma, const P* beta, Acc eps, Acc* mean, Acc* rstd) {
@@ -265,14 +266,15 @@ void group_norm_backward_fused(const GroupGeometry& g, const Parallel& par, cons
   const Index hw = g.inst.count, D = g.group_size;
   const kernels::Block run{1, hw, 1, 0, 1, g.inst.view.streams_output(2)};
   const Acc inv_m = Acc(1) / static_cast<Acc>(g.count);
-  // Maps of under short_run_limit values: the group's channels as rows
+  // Maps of under group_rows_limit values: the group's channels as rows
   // (see use_short_rows), or for one value per channel as one row of D lanes
   // (see group_norm_forward_fused), with per-channel arrays of the mean,
   // gamma, v, rstd and z, rather than a reduce and an apply call per channel.
   // Measured, AVX-512, benchmarks/ab, backward: 32x2048x7x7 1.5-1.6x as fast
-  // (0.24-0.27 -> 0.39-0.42 of a memcpy), 64x512x7x7 1.75x, 2048x1024x1x1
-  // 5.6-5.8x (0.009 -> 0.05).
-  const bool lanes = hw == 1, short_rows = !lanes && hw < short_run_limit;
+  // (0.24-0.27 -> 0.39-0.42 of a memcpy), 64x512x7x7 1.7-1.75x, 512x256x7x7
+  // 1.6-1.8x, 256x256x10x10 1.14x, 2048x1024x1x1 5.6-5.8x (0.009 -> 0.05);
+  // but 128x256x14x14 0.78x, hence the limit.
+  const bool lanes = hw == 1, short_rows = !lanes && hw < group_rows_limit;
   const bool rows_streamed = rows_stream<T>(g.inst.view, hw, 2, dx);
   const kernels::Block row{1, 1, D, 0, D, run.stream};
   par.for_ranges(g.num_group_stats(), pass_bytes(D * hw, 2), [&](Index first, Index last) {
