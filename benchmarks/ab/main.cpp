@@ -69,7 +69,7 @@ const std::map<std::string, Shape> shapes = {
     // Short runs (small feature maps, not in the suite): CIFAR-style 8x8,
     // ResNet-50's last stage, 4x4 maps, GroupNorm on [N, C] (1x1) and with
     // groups of 784 values, GroupNorm in Mask R-CNN's heads (7x7, 14x14),
-    // 10x10 maps.
+    // 10x10 maps, ResNet-50's last stage channels-last.
     {"bn_cifar", {"bn", false, {128, 64, 8, 8}}},
     {"bn_r50", {"bn", false, {32, 2048, 7, 7}}},
     {"in_r50", {"in", false, {32, 2048, 7, 7}}},
@@ -82,6 +82,9 @@ const std::map<std::string, Shape> shapes = {
     {"in_14", {"in", false, {128, 256, 14, 14}}},
     {"in_10", {"in", false, {256, 256, 10, 10}}},
     {"gn_10", {"gn", false, {256, 256, 10, 10}}},
+    {"bn_r50_nhwc", {"bn", true, {32, 7, 7, 2048}}},
+    {"in_r50_nhwc", {"in", true, {32, 7, 7, 2048}}},
+    {"gn_r50_nhwc", {"gn", true, {32, 7, 7, 2048}}},
 };
 
 double now_us() {

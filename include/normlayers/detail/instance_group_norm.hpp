@@ -206,18 +206,17 @@ void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const
   // Groups of under small_group_values values take their moments
   // kernels::rows_at_once groups (4 with AVX-512) at a time (a group's result does not
   // depend on it), so the sums of short groups overlap. One value per
-  // channel ([N, C] inputs, 1x1 maps): the group is one row of D lanes,
-  // applied in one call with per-channel arrays rather than channel by
-  // channel. Measured, AVX-512, benchmarks/ab, forward: 2048x1024x1x1 3.8x
-  // as fast (0.02 -> 0.08-0.10 of a memcpy), 64x512x7x7 (784 values a group)
+  // channel ([N, C] inputs, 1x1 maps): the group is one run of D values,
+  // each its own channel, applied in one call with per-channel arrays
+  // rather than channel by channel. Measured, AVX-512, benchmarks/ab,
+  // forward: 2048x1024x1x1 9x as fast (0.02 -> 0.19 of a memcpy; 0.08-0.10
+  // with the apply as a block of lanes), 64x512x7x7 (784 values a group)
   // 1.12x; groups of 3136 values (32x2048x7x7) at once 0.85x, hence the
   // limit.
   const bool small_groups = D * hw < small_group_values;
   const bool lanes = hw == 1;
-  const kernels::Block row{1, 1, D, 0, D, run.stream};
   par.for_ranges(g.num_group_stats(), pass_bytes(D * hw, 1), [&](Index first, Index last) {
-    aligned_vector<Acc> means(lanes ? std::size_t(D) : 0), scales(means.size()),
-        shifts(means.size());
+    aligned_vector<Acc> scales(lanes ? std::size_t(D) : 0), shifts(scales.size());
     kernels::for_each_row_group(first, last, small_groups, [&](Index gs0, auto count) {
       constexpr int R = decltype(count)::value;
       Acc gms[R], gm2s[R];
@@ -231,12 +230,11 @@ void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const
           const Index c0 = (gs % g.groups) * D;
           for (Index d = 0; d < D; ++d) {
             const auto i = std::size_t(d);
-            means[i] = gm;
             scales[i] = r * (gamma ? static_cast<Acc>(gamma[c0 + d]) : Acc(1));
             shifts[i] = beta ? static_cast<Acc>(beta[c0 + d]) : Acc(0);
           }
-          kernels::normalize_block_per_stat(x + gs * D, y + gs * D, row, means.data(),
-                                            scales.data(), shifts.data());
+          kernels::normalize_run_per_lane(x + gs * D, y + gs * D, D, gm, scales.data(),
+                                          shifts.data(), run.stream);
           continue;
         }
         for (Index d = 0; d < D; ++d) {
@@ -267,26 +265,25 @@ void group_norm_backward_fused(const GroupGeometry& g, const Parallel& par, cons
   const kernels::Block run{1, hw, 1, 0, 1, g.inst.view.streams_output(2)};
   const Acc inv_m = Acc(1) / static_cast<Acc>(g.count);
   // Maps of under group_rows_limit values: the group's channels as rows
-  // (see use_short_rows), or for one value per channel as one row of D lanes
-  // (see group_norm_forward_fused), with per-channel arrays of the mean,
-  // gamma, v, rstd and z, rather than a reduce and an apply call per channel.
+  // (see use_short_rows) with per-channel arrays of the mean, gamma, v, rstd
+  // and z, or for one value per channel the group as one run of D values,
+  // each its own channel (see group_norm_forward_fused), rather than a reduce
+  // and an apply call per channel.
   // Measured, AVX-512, benchmarks/ab, backward: 32x2048x7x7 1.5-1.6x as fast
   // (0.24-0.27 -> 0.39-0.42 of a memcpy), 64x512x7x7 1.7-1.75x, 512x256x7x7
-  // 1.6-1.8x, 256x256x10x10 1.14x, 2048x1024x1x1 5.6-5.8x (0.009 -> 0.05);
-  // but 128x256x14x14 0.78x, hence the limit.
+  // 1.6-1.8x, 256x256x10x10 1.14x, 2048x1024x1x1 12x (0.009 -> 0.11; 0.05
+  // as a block of lanes); but 128x256x14x14 0.78x, hence the limit.
   const bool lanes = hw == 1, short_rows = !lanes && hw < group_rows_limit;
   const bool rows_streamed = rows_stream<T>(g.inst.view, hw, 2, dx);
-  const kernels::Block row{1, 1, D, 0, D, run.stream};
   par.for_ranges(g.num_group_stats(), pass_bytes(D * hw, 2), [&](Index first, Index last) {
-    const auto per_channel = static_cast<std::size_t>(short_rows || lanes ? D : 0);
-    aligned_vector<Acc> gms(per_channel), us(per_channel), vs(per_channel), ws(per_channel),
-        zs(per_channel);
+    const auto per_row = static_cast<std::size_t>(short_rows ? D : 0);
+    aligned_vector<Acc> gms(per_row), us(short_rows || lanes ? std::size_t(D) : 0), vs(per_row),
+        ws(per_row), zs(per_row);
     for (Index gs = first; gs < last; ++gs) {
       const Acc gm = mean[gs], r = rstd[gs];
       const Index s0 = gs * D, c0 = (gs % g.groups) * D;
       std::fill(gms.begin(), gms.end(), gm);
-      if (lanes)
-        kernels::backward_reduce_block(x + s0, dy + s0, row, gms.data(), a + s0, b + s0);
+      if (lanes) kernels::backward_terms_per_lane(x + s0, dy + s0, D, gm, a + s0, b + s0);
       if (short_rows)
         kernels::for_each_row_group(0, D, true, [&](Index d, auto count) {
           const Index o = (s0 + d) * hw;
@@ -306,21 +303,22 @@ void group_norm_backward_fused(const GroupGeometry& g, const Parallel& par, cons
       }
       const Acc v = -A * inv_m, z = -r * r * r * B * inv_m;
       if (short_rows || lanes) {
-        for (Index d = 0; d < D; ++d) {
-          const auto i = std::size_t(d);
-          us[i] = gamma ? static_cast<Acc>(gamma[c0 + d]) : Acc(1);
-          vs[i] = v, ws[i] = r, zs[i] = z;
+        for (Index d = 0; d < D; ++d)
+          us[std::size_t(d)] = gamma ? static_cast<Acc>(gamma[c0 + d]) : Acc(1);
+        if (lanes) {
+          kernels::backward_run_per_lane(x + s0, dy + s0, dx + s0, D, gm, us.data(), v, r, z,
+                                         run.stream);
+          continue;
         }
-        if (lanes)
-          kernels::backward_apply_block(x + s0, dy + s0, dx + s0, row, gms.data(), us.data(),
-                                        vs.data(), ws.data(), zs.data());
-        else
-          kernels::for_each_row_group(0, D, true, [&](Index d, auto count) {
-            const Index o = (s0 + d) * hw;
-            kernels::backward_apply_rows<decltype(count)::value>(
-                x + o, dy + o, dx + o, hw, hw, rows_streamed, gms.data() + d, us.data() + d,
-                vs.data() + d, ws.data() + d, zs.data() + d);
-          });
+        std::fill(vs.begin(), vs.end(), v);
+        std::fill(ws.begin(), ws.end(), r);
+        std::fill(zs.begin(), zs.end(), z);
+        kernels::for_each_row_group(0, D, true, [&](Index d, auto count) {
+          const Index o = (s0 + d) * hw;
+          kernels::backward_apply_rows<decltype(count)::value>(
+              x + o, dy + o, dx + o, hw, hw, rows_streamed, gms.data() + d, us.data() + d,
+              vs.data() + d, ws.data() + d, zs.data() + d);
+        });
         continue;
       }
       for (Index d = 0; d < D; ++d) {

@@ -281,6 +281,32 @@ void backward_apply_rows(const T* x, const T* dy, T* dx, Index S, Index stride, 
   });
 }
 
+// One run of n values of one statistic, each value its own channel (a
+// GroupNorm group of one value per channel): the per-channel sums of one
+// value each, sum_dy[i] = dy[i] and sum_dyxc[i] = dy[i] * (x[i] - mean) (as
+// backward_reduce_block computes them over a row of lanes), and the apply
+//   dx[i] = (dy[i] * u[i] + v) * w + (x[i] - mean) * z   (u null: 1).
+template <typename T>
+void backward_terms_per_lane(const T* x, const T* dy, Index n, T mean, T* sum_dy, T* sum_dyxc) {
+  map_run(dy, sum_dy, n, [](auto dv, Index) { return dv; });
+  map2_run(x, dy, sum_dyxc, n, [=](auto xv, auto dv, Index) {
+    using V = decltype(xv);
+    return pmul(dv, psub(xv, splat<V>(mean)));
+  });
+}
+template <typename T>
+void backward_run_per_lane(const T* x, const T* dy, T* dx, Index n, T mean, const T* u, T v,
+                           T w, T z, bool stream) {
+  with_affine(u, static_cast<const T*>(nullptr), [&](auto has_u, auto) {
+    constexpr bool U = decltype(has_u)::value;
+    map2_run(x, dy, dx, n, [=](auto xv, auto dv, Index i) {
+      using V = decltype(xv);
+      const V g = U ? pmul(dv, load_as<V>(u + i)) : dv;
+      return pmadd(padd(g, splat<V>(v)), splat<V>(w), pmul(psub(xv, splat<V>(mean)), splat<V>(z)));
+    }, stream);
+  });
+}
+
 // Apply: dx = (dy * u[t] + v[t]) * w[t] + (x - mean[t]) * z[t], with dy * u
 // rounded before v is added, as the reduce pass summed it, so terms that
 // cancel (dy - mean(dy) for one value per statistic) cancel exactly. u null:

@@ -135,6 +135,20 @@ void normalize_rows_per_stat(const T* x, T* y, Index S, Index stride, bool strea
       });
 }
 
+// One run of n values of one statistic, each value its own channel (a
+// GroupNorm group of one value per channel):
+//   y[i] = (x[i] - mean) * scale[i] + shift[i],
+// the operations of normalize_block_per_stat over a row of lanes whose means
+// are all `mean`, without its strips of lanes (a group is a few packets).
+template <typename T>
+void normalize_run_per_lane(const T* x, T* y, Index n, T mean, const T* scale, const T* shift,
+                            bool stream) {
+  map_run(x, y, n, [=](auto v, Index i) {
+    using V = decltype(v);
+    return pmadd(psub(v, splat<V>(mean)), load_as<V>(scale + i), load_as<V>(shift + i));
+  }, stream);
+}
+
 // Norms whose affine map is constant over each statistic (BatchNorm,
 // InstanceNorm, GroupNorm's apply): over one block,
 //   y = (x - mean[t]) * scale[t] + shift[t]
