@@ -569,4 +569,26 @@ TEST(BatchNormLarge, StreamingStoresMatchTheReference) {
   }
 }
 
+// Channels-first short runs (7x7) in pieces that stream their output from
+// 3M values forward and 1.5M backward, in pieces of 32 channels whose rows
+// all start on a packet boundary when the output does: aligned (streamed)
+// and one float off (plain stores), forward and backward.
+TEST(BatchNormLarge, StreamingShortRunPiecesMatchTheReference) {
+  const std::array<Index, 4> dims{41, 1600, 7, 7};
+  const std::size_t n = std::size_t(test::numel(dims));
+  ASSERT_GE(n, std::size_t(3) << 20);
+  nl::BatchNorm<float> bn(1600);
+  test::set_random_params(bn, 41);
+  const auto x =
+      test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 42, -0.5, 2.0));
+  const auto dy = test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 43));
+  const Vec gamma = test::to_vec(bn.weight()), beta = test::to_vec(bn.bias());
+  const auto ref =
+      reference::batch_norm_forward(test::logical(x), test::dims_vec(dims), 1, gamma, beta, 1e-5);
+  test::expect_forward_at_offsets(dims, [&](auto& y) { bn.forward(x, y); }, ref.y, 1e-5, 1e-5);
+  const auto grads = reference::batch_norm_backward(test::logical(x), test::logical(dy),
+                                                    test::dims_vec(dims), 1, gamma, 1e-5);
+  test::expect_backward_at_offsets(dims, bn, x, dy, grads, 1e-4);
+}
+
 }  // namespace

@@ -311,9 +311,11 @@ void backward_run_per_lane(const T* x, const T* dy, T* dx, Index n, T mean, cons
 // rounded before v is added, as the reduce pass summed it, so terms that
 // cancel (dy - mean(dy) for one value per statistic) cancel exactly. u null:
 // 1 (BatchNorm, InstanceNorm: gamma is in w), one load and multiply less.
+// ahead > 0 (lanes only): x and dy are prefetched that many values past
+// each one read (see pieces_ahead).
 template <typename T>
 void backward_apply_block(const T* x, const T* dy, T* dx, const Block& b, const T* mean,
-                          const T* u, const T* v, const T* w, const T* z) {
+                          const T* u, const T* v, const T* w, const T* z, Index ahead = 0) {
   with_affine(u, static_cast<const T*>(nullptr), [&](auto has_u, auto) {
     constexpr bool U = decltype(has_u)::value;
     // By value: see normalize.hpp.
@@ -338,7 +340,8 @@ void backward_apply_block(const T* x, const T* dy, T* dx, const Block& b, const 
           } else {
             return [=](V xv, V dv) { return pmadd(padd(dv, vt), wt, pmul(psub(xv, mt), zt)); };
           }
-        });
+        },
+        ahead);
   });
 }
 

@@ -173,7 +173,7 @@ void normalize_block_per_stat(const T* x, T* y, const Block& b, const T* mean, c
     return;
   }
   map_block(x, y, b, f, per_stat_lane_map(mean, scale, shift),
-            packet_aligned<T>(mean, scale, shift));
+            packet_aligned<T>(mean, scale, shift), ahead);
 }
 
 }  // namespace normlayers::detail::kernels
