@@ -90,6 +90,12 @@ const std::map<std::string, Shape> shapes = {
     {"bn_14", {"bn", false, {32, 1024, 14, 14}}},
     {"bn_14s", {"bn", false, {32, 512, 14, 14}}},
     {"bn_r50s", {"bn", false, {16, 2048, 7, 7}}},
+    // Short rows over trailing dims: per-head norms (QK-norm over a head of
+    // 64 or 128 values), small feature vectors.
+    {"ln_r64", {"ln", false, {131072, 64, 1, 1}}},
+    {"rms_r64", {"rms", false, {131072, 64, 1, 1}}},
+    {"rms_r128", {"rms", false, {65536, 128, 1, 1}}},
+    {"ln_r16", {"ln", false, {524288, 16, 1, 1}}},
 };
 
 double now_us() {

@@ -77,14 +77,15 @@ void backward_rows_affine_s(const T* x, const T* dy, T* dx, Index S, Index strid
       });
     }
     // With inputs from memory (`stream`: too large for the caches), the
-    // apply, which reads the rows back from L1, asks for the next R rows of
-    // x and dy meanwhile, so their reads overlap it rather than wait for the
+    // apply, which reads the rows back from L1, asks for the next rows of x
+    // and dy meanwhile (see rows_ahead), so their reads overlap it rather than wait for the
     // next reduce: a row of up to a page is otherwise a new stream for the
     // prefetchers each time (measured, AVX-512, fraction of a memcpy:
     // LayerNorm 8192x1024 0.44 -> 0.50, 4096x4096 0.53 -> 0.61; in cache,
     // 64x768 and 256x4096, it costs 12-14 %, hence only when streaming).
     const auto apply = [&](auto prefetch_next) {
       const T inv_m = T(1) / static_cast<T>(S);
+      const Index ahead = rows_ahead<T>(R, stride);
       unrolled<R>([&](auto k) {
         const T m = mu[k], rk = r[k];
         const T v = Centered ? -A[k] * inv_m : T(0), k1 = -rk * rk * rk * B[k] * inv_m;
@@ -92,8 +93,8 @@ void backward_rows_affine_s(const T* x, const T* dy, T* dx, Index S, Index strid
         map2_run(x + o, dy + o, dx + o, S, [=](auto xv, auto dv, Index s) {
           using V = decltype(xv);
           if constexpr (decltype(prefetch_next)::value && !std::is_same_v<V, T>) {
-            prefetch(x + o + R * stride + s);
-            prefetch(dy + o + R * stride + s);
+            prefetch(x + o + ahead + s);
+            prefetch(dy + o + ahead + s);
           }
           const V g = G ? pmul(dv, load_as<V>(gamma + s)) : dv;
           return pmadd(padd(g, splat<V>(v)), splat<V>(rk), pmul(psub(xv, splat<V>(m)), splat<V>(k1)));

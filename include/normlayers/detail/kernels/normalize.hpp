@@ -18,8 +18,8 @@ namespace normlayers::detail::kernels {
 //   y[k, s] = (x[k, s] - mean[k]) * rstd[k] * gamma[s] + beta[s]
 // gamma/beta are loaded once for the R rows. gamma/beta may be null (1 and 0).
 // A row's result does not depend on R. PrefetchNext (for inputs from
-// memory): the pass, which reads the rows back from L1, prefetches the next
-// R rows (see backward_rows_affine_s); a template argument so that the
+// memory): the pass, which reads the rows back from L1, prefetches the rows
+// read next (see rows_ahead, backward_rows_affine_s); a template argument so that the
 // callers' other instantiation stays as it was (a runtime switch here cost
 // 7 % on cache-resident 64x768).
 template <int R, bool PrefetchNext = false, typename T, typename P>
@@ -30,6 +30,7 @@ void normalize_rows_affine_s(const T* x, T* y, Index S, Index stride, bool strea
     constexpr bool B = decltype(has_beta)::value;
     T mu[R], r[R];
     unrolled<R>([&](auto k) { mu[k] = mean[k], r[k] = rstd[k]; });
+    const Index ahead = rows_ahead<T>(R, stride);
     map_rows_with<R>(
         y, stride, S, stream,
         [=](Index s, auto as) {  // by value: stores to y cannot alias them
@@ -39,7 +40,7 @@ void normalize_rows_affine_s(const T* x, T* y, Index S, Index stride, bool strea
         },
         [=](const auto& gb, auto k, Index s, auto as) {
           using V = decltype(as);
-          if constexpr (PrefetchNext && !std::is_same_v<V, T>) prefetch(x + (k + R) * stride + s);
+          if constexpr (PrefetchNext && !std::is_same_v<V, T>) prefetch(x + k * stride + s + ahead);
           V out = pmul(psub(load_as<V>(x + k * stride + s), splat<V>(mu[k])), splat<V>(r[k]));
           if constexpr (G) out = pmul(out, gb.first);
           if constexpr (B) out = padd(out, gb.second);
