@@ -20,9 +20,9 @@
 #include <vector>
 
 void ab_run_a(const std::string& kind, bool nhwc, int mode, float* x, float* dy, float* y,
-              const int* d);
+              const int* d, std::vector<float>* extra = nullptr);
 void ab_run_b(const std::string& kind, bool nhwc, int mode, float* x, float* dy, float* y,
-              const int* d);
+              const int* d, std::vector<float>* extra = nullptr);
 
 namespace {
 
@@ -30,8 +30,9 @@ namespace {
 // benchmark suite and most users pass); a std::vector's is 16-byte aligned
 // here, so every packet load of a kernel would straddle two cache lines.
 struct AlignedFloats {
-  explicit AlignedFloats(std::size_t n)
-      : p(static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64))), n(n) {
+  explicit AlignedFloats(std::size_t count)
+      : p(static_cast<float*>(std::aligned_alloc(64, (count * sizeof(float) + 63) / 64 * 64))),
+        n(count) {
     std::fill(p, p + n, 0.0f);
   }
   ~AlignedFloats() { std::free(p); }
@@ -150,21 +151,38 @@ int main(int argc, char** argv) {
       }
     }
   const double a = median(times[0]), b = median(times[1]), m = median(times[2]);
-  // The two builds' outputs (y, or dx for bwd; not the statistics or the
-  // parameter gradients), compared bit for bit: a kernel change that only
-  // moves memory traffic should change no value. The buffers are first
-  // filled with two different NaNs, so a value a build leaves unwritten
-  // differs (y holds B's output from the timed calls).
+  // The two builds' outputs (y, or dx for bwd) and what else the pass leaves
+  // (the statistics a forward saves or updates, the parameter gradients of a
+  // backward), compared bit for bit: a kernel change that only moves memory
+  // traffic should change no value. The output buffers are first filled
+  // with two different NaNs, so a value a build leaves unwritten differs (y
+  // holds B's output from the timed calls).
   AlignedFloats out_b(n);
   const float nan_a = std::nanf("1"), nan_b = std::nanf("2");
   std::fill(y.begin(), y.end(), nan_a);
   std::fill(out_b.begin(), out_b.end(), nan_b);
-  ab_run_a(shape.kind, shape.nhwc, mode, x.data(), dy.data(), y.data(), shape.d);
-  ab_run_b(shape.kind, shape.nhwc, mode, x.data(), dy.data(), out_b.data(), shape.d);
-  std::size_t differ = 0;
-  for (std::size_t i = 0; i < n; ++i) differ += std::memcmp(&y[i], &out_b[i], sizeof(float)) != 0;
+  std::vector<float> extra_a, extra_b;
+  ab_run_a(shape.kind, shape.nhwc, mode, x.data(), dy.data(), y.data(), shape.d, &extra_a);
+  ab_run_b(shape.kind, shape.nhwc, mode, x.data(), dy.data(), out_b.data(), shape.d, &extra_b);
+  const auto differing = [](const float* p, const float* q, std::size_t count) {
+    std::size_t d = 0;
+    for (std::size_t i = 0; i < count; ++i) d += std::memcmp(&p[i], &q[i], sizeof(float)) != 0;
+    return d;
+  };
+  const std::size_t differ = differing(y.data(), out_b.data(), n);
+  const std::size_t extra_differ =
+      extra_a.size() != extra_b.size()
+          ? std::max(extra_a.size(), extra_b.size())
+          : differing(extra_a.data(), extra_b.data(), extra_a.size());
+  const std::string extra_text =
+      extra_a.empty() && extra_b.empty() ? ""
+      : extra_differ ? ", " + std::to_string(extra_differ) + " of " +
+                           std::to_string(extra_a.size()) +
+                           (mode == 1 ? " parameter gradients differ" : " statistics differ")
+                     : (mode == 1 ? ", parameter gradients too" : ", statistics too");
   std::printf("%s %s: A %.0f us (%.3f of memcpy)  B %.0f us (%.3f)  memcpy %.0f us  B/A %.3f  "
-              "outputs %s\n",
+              "outputs %s%s\n",
               argv[1], pass.c_str(), a, m / a, b, m / b, m, a / b,
-              differ ? (std::to_string(differ) + " values differ").c_str() : "bitwise equal");
+              differ ? (std::to_string(differ) + " values differ").c_str() : "bitwise equal",
+              extra_text.c_str());
 }

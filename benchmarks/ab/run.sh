@@ -8,8 +8,8 @@
 # working tree's include/). Cases: run with no case to list them. Prints the
 # median time of each build, its fraction of a memcpy of the same bytes timed
 # in between, B's speed-up over A, and whether their outputs (y, or dx for
-# bwd; not the statistics or parameter gradients) are bitwise equal; an A/A
-# run (". .") reads 1.00-1.02.
+# bwd) and the statistics a forward saves or updates (the parameter
+# gradients, for bwd) are bitwise equal; an A/A run (". .") reads 1.00-1.02.
 # The program runs AB_RUNS times (default 3; ~2-10 s each, after ~30 s of
 # compiling): read the spread, not one line. AB_FLAGS: more compiler flags
 # for both builds, e.g. AB_FLAGS=-DDISTANCE=2048 to sweep a constant that
