@@ -164,6 +164,45 @@ TEST(LayerNormNumerics, OutlyingFirstValuesKeepFloatPrecision) {
   EXPECT_TRUE(test::all_close(test::to_vec(ln.saved_rstd()), ref.rstd, 1e-6, 0.0));
 }
 
+// Rows of up to 256 values take their moments a packet of rows at a time:
+// 37 rows are two full packets (AVX-512 float) and a part. Every row must
+// get the same bits as when normalized alone, and match the reference; in
+// rows 3 and 20 the first 16 values sit far from the rest, so that their
+// shifted sums cancel and the centered pass takes over for them only.
+// Lengths: shorter than a packet, a packet and a tail, the longest batched
+// one and the next (one row at a time).
+TEST(LayerNormNumerics, ShortRowsGetTheirOwnResultInAnyBatch) {
+  const Index rows = 37;
+  for (Index d : {Index(7), Index(64), Index(200), Index(256), Index(257)}) {
+    SCOPED_TRACE(::testing::Message() << "rows of " << d);
+    Vec xv = test::random_vec(std::size_t(rows * d), 31, 3.0, 2.0);
+    for (Index r : {Index(3), Index(20)})
+      for (Index i = 0; i < std::min(d, Index(16)); ++i) xv[std::size_t(r * d + i)] = -3000.0;
+    const auto x = test::make_tensor<float, Eigen::RowMajor>(std::array<Index, 2>{rows, d}, xv);
+    nl::LayerNorm<float> ln({d});
+    test::set_random_params(ln, 32);
+    const Vec y = test::logical(ln.forward(x));
+    const Vec mean = test::to_vec(ln.saved_mean()), rstd = test::to_vec(ln.saved_rstd());
+    const auto ref = reference::row_norm_forward(test::logical(x), std::size_t(d),
+                                                 test::to_vec(ln.weight()),
+                                                 test::to_vec(ln.bias()), 1e-5, true);
+    EXPECT_TRUE(test::all_close(y, ref.y, 1e-5, 1e-5));
+    EXPECT_TRUE(test::all_close(rstd, ref.rstd, 1e-5, 0.0));
+    std::size_t differ = 0;
+    for (Index r = 0; r < rows; ++r) {
+      const auto first = xv.begin() + r * d;
+      const auto row = test::make_tensor<float, Eigen::RowMajor>(std::array<Index, 2>{1, d},
+                                                                 Vec(first, first + d));
+      const Vec alone = test::logical(ln.forward(row));
+      differ += ln.saved_mean()(0) != float(mean[std::size_t(r)]);
+      differ += ln.saved_rstd()(0) != float(rstd[std::size_t(r)]);
+      for (Index i = 0; i < d; ++i)
+        differ += float(alone[std::size_t(i)]) != float(y[std::size_t(r * d + i)]);
+    }
+    EXPECT_EQ(differ, 0u);
+  }
+}
+
 TYPED_TEST(LayerNormTest, InvariantToPositiveAffineMapOfInput) {
   using S = typename TypeParam::scalar;
   const std::array<Index, 3> dims{3, 4, 50};

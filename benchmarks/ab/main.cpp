@@ -97,6 +97,10 @@ const std::map<std::string, Shape> shapes = {
     {"rms_r64", {"rms", false, {131072, 64, 1, 1}}},
     {"rms_r128", {"rms", false, {65536, 128, 1, 1}}},
     {"ln_r16", {"ln", false, {524288, 16, 1, 1}}},
+    {"ln_r128", {"ln", false, {65536, 128, 1, 1}}},
+    {"ln_r256", {"ln", false, {32768, 256, 1, 1}}},
+    {"ln_r512", {"ln", false, {16384, 512, 1, 1}}},
+    {"ln_r64c", {"ln", false, {2048, 64, 1, 1}}},  // cache-resident
 };
 
 double now_us() {

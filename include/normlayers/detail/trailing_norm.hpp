@@ -117,19 +117,40 @@ void trailing_norm_forward(const TrailingGeometry& g, const Parallel& par,
     const bool stream = v.streams_output(1);
     const bool at_once = v.size() <= rows_at_once_max_values ||
                          (stream && double(v.S) * sizeof(T) <= 4096.0);
+    // Short LayerNorm rows take their moments a packet of rows at a time
+    // (see short_rows_moments), then normalize them R at a time.
+    constexpr Index batch = kernels::packet_size<Acc>;
+    const bool short_rows = Centered && v.S <= kernels::short_row_values;
     const auto rows = [&](auto prefetch_next) {
-      par.for_ranges(v.P, pass_bytes(v.S, 1), [&](Index first, Index last) {
-        kernels::for_each_row_group(first, last, at_once, [&](Index row, auto count) {
-          constexpr int R = decltype(count)::value;
-          Acc mu[R], rstd[R];
-          const Index offset = v.block_offset(row, 0);
-          kernels::row_moments<Centered, R>(x + offset, v.S, v.S, mu, rstd);
-          for (Acc& r : rstd) r = Acc(1) / std::sqrt(r / m + eps);  // M2 -> rstd
-          kernels::normalize_rows_affine_s<R, decltype(prefetch_next)::value>(
-              x + offset, y + offset, v.S, v.S, stream, mu, rstd, gamma, beta);
-          if (mean_out && Centered) std::copy_n(mu, R, mean_out + row);
-          if (rstd_out) std::copy_n(rstd, R, rstd_out + row);
+      // Rows [row, row + count), moments already in mu and M2 in rstd, of a
+      // group of `group` rows (whose pass prefetches the next group's).
+      // (count: an Index, or a std::integral_constant when known.)
+      const auto finish = [&](Index row, auto count, Acc* mu, Acc* rstd, int group) {
+        kernels::rstd_from_m2(rstd, count, m, eps);
+        kernels::for_each_row_group(0, count, at_once, [&](Index k, auto R) {
+          const Index offset = v.block_offset(row + k, 0);
+          kernels::normalize_rows_affine_s<decltype(R)::value, decltype(prefetch_next)::value>(
+              x + offset, y + offset, v.S, v.S, stream, mu + k, rstd + k, gamma, beta, group);
         });
+        if (mean_out && Centered) std::copy_n(mu, count, mean_out + row);
+        if (rstd_out) std::copy_n(rstd, count, rstd_out + row);
+      };
+      par.for_ranges(v.P, pass_bytes(v.S, 1), [&](Index first, Index last) {
+        if (short_rows) {
+          for (Index row = first; row < last; row += batch) {
+            alignas(sizeof(kernels::packet_t<Acc>)) Acc mu[batch], rstd[batch];
+            const Index count = std::min(batch, last - row);
+            kernels::short_rows_moments(x + v.block_offset(row, 0), v.S, v.S, count, mu, rstd);
+            finish(row, count, mu, rstd, int(batch));
+          }
+        } else {
+          kernels::for_each_row_group(first, last, at_once, [&](Index row, auto count) {
+            constexpr int R = decltype(count)::value;
+            Acc mu[R], rstd[R];
+            kernels::row_moments<Centered, R>(x + v.block_offset(row, 0), v.S, v.S, mu, rstd);
+            finish(row, count, mu, rstd, R);
+          });
+        }
         if (stream) kernels::streaming_fence();
       });
     };
@@ -148,8 +169,7 @@ void trailing_norm_forward(const TrailingGeometry& g, const Parallel& par,
   for_each_stat_block(v, par, 1, make, [&](State& st, Index offset, Index stat, const kernels::Block& b) {
     kernels::block_moments<Centered>(x + offset, b, st.mean.data(), st.rstd.data());
     const auto lanes_here = static_cast<std::ptrdiff_t>(b.lanes);
-    for (Index t = 0; t < b.lanes; ++t)  // M2 -> rstd
-      st.rstd[std::size_t(t)] = Acc(1) / std::sqrt(st.rstd[std::size_t(t)] / m + eps);
+    kernels::rstd_from_m2(st.rstd.data(), b.lanes, m, eps);
     kernels::normalize_block_affine_s(x + offset, y + offset, b.S, b.lanes, b.row_stride,
                                       st.mean.data(), st.rstd.data(), gamma, beta, b.stream);
     if (mean_out && Centered) std::copy_n(st.mean.begin(), lanes_here, mean_out + stat);

@@ -12,6 +12,7 @@
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12  // see simd.hpp
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace normlayers::detail::kernels {

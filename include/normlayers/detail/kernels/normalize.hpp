@@ -9,6 +9,7 @@
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12  // see simd.hpp
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace normlayers::detail::kernels {
@@ -19,18 +20,19 @@ namespace normlayers::detail::kernels {
 // gamma/beta are loaded once for the R rows. gamma/beta may be null (1 and 0).
 // A row's result does not depend on R. PrefetchNext (for inputs from
 // memory): the pass, which reads the rows back from L1, prefetches the rows
-// read next (see rows_ahead, backward_rows_affine_s); a template argument so that the
+// read next, `group` rows on (the caller's group of rows, read before their
+// pass: see rows_ahead, backward_rows_affine_s); a template argument so that the
 // callers' other instantiation stays as it was (a runtime switch here cost
 // 7 % on cache-resident 64x768).
 template <int R, bool PrefetchNext = false, typename T, typename P>
 void normalize_rows_affine_s(const T* x, T* y, Index S, Index stride, bool stream, const T* mean,
-                             const T* rstd, const P* gamma, const P* beta) {
+                             const T* rstd, const P* gamma, const P* beta, int group = R) {
   with_affine(gamma, beta, [&](auto has_gamma, auto has_beta) {
     constexpr bool G = decltype(has_gamma)::value;
     constexpr bool B = decltype(has_beta)::value;
     T mu[R], r[R];
     unrolled<R>([&](auto k) { mu[k] = mean[k], r[k] = rstd[k]; });
-    const Index ahead = rows_ahead<T>(R, stride);
+    const Index ahead = rows_ahead<T>(group, stride);
     map_rows_with<R>(
         y, stride, S, stream,
         [=](Index s, auto as) {  // by value: stores to y cannot alias them

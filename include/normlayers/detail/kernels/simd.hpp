@@ -9,6 +9,7 @@
 // scalar tail of a loop.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <utility>
@@ -16,11 +17,13 @@
 #include <unsupported/Eigen/CXX11/Tensor>
 
 // GCC 12 before 12.3 warns falsely inside its own AVX-512 intrinsics wherever
-// they are inlined ("'__Y' may be used uninitialized", GCC bug 105593); users
+// they are inlined ("'__Y' may be used uninitialized", GCC bug 105593; "is
+// used uninitialized" from _mm512_shuffle_f32x4); users
 // building with -Werror -march=native must not see it from these kernels.
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace normlayers::detail::kernels {
@@ -91,32 +94,153 @@ inline void unrolled(F f) {
   unrolled_impl(f, std::make_index_sequence<std::size_t(K)>());
 }
 
-// Two sums per row for R rows: out_a[k], out_b[k], where in(k, i, as)
-// returns row k's inputs at i (as packets, or scalars in the tail: the type
-// of `as`) and f(in, a, b, k) adds their terms into the accumulators a and b.
-// Per row, 4 accumulator pairs per block of run_block values (8 chains of
-// additions, enough to hide their latency), block sums added in order: a
-// row's sums do not depend on R (see sum_rows). R <= 2 fits 16 registers.
+// Two sums per row for R rows over the values [first, last): per row k the
+// packets pa[k], pb[k] and the scalars ta[k], tb[k] (the tail) that add up
+// to them, where in(k, i, as) returns row k's inputs at i (as packets, or
+// scalars in the tail: the type of `as`) and f(in, a, b, k) adds their terms
+// into the accumulators a and b. Per row, 4 accumulator pairs (8 chains of
+// additions, enough to hide their latency). R <= 2 fits 16 registers.
+// (Always inlined: its accumulators then stay in registers, and a call per
+// row group cost LayerNorm 64x768's forward 2-3 %.)
 template <int R, typename T, typename In, typename F>
-void sum2_rows_with(Index n, In in, F f, T* out_a, T* out_b) {
+EIGEN_ALWAYS_INLINE void sum2_rows_packets(Index first, Index last, In in, F f, packet_t<T>* pa,
+                                           packet_t<T>* pb, T* ta, T* tb) {
   using P = packet_t<T>;
   constexpr Index N = packet_size<T>;
+  P a[R][4], b[R][4];
+  unrolled<R>([&](auto k) { unrolled<4>([&](auto j) { a[k][j] = b[k][j] = splat<P>(T(0)); }); });
+  Index i = first;
+  for (; i + 4 * N <= last; i += 4 * N)
+    unrolled<R>([&](auto k) {
+      unrolled<4>([&](auto j) { f(in(k, i + j * N, P()), a[k][j], b[k][j], k); });
+    });
+  for (; i + N <= last; i += N) unrolled<R>([&](auto k) { f(in(k, i, P()), a[k][0], b[k][0], k); });
+  unrolled<R>([&](auto k) {
+    ta[k] = tb[k] = T(0);
+    for (Index j = i; j < last; ++j) f(in(k, j, T()), ta[k], tb[k], k);
+    pa[k] = padd(padd(a[k][0], a[k][1]), padd(a[k][2], a[k][3]));
+    pb[k] = padd(padd(b[k][0], b[k][1]), padd(b[k][2], b[k][3]));
+  });
+}
+
+// The correctly rounded square root of every lane of V, a packet of T or a
+// T (Eigen's psqrt may be an approximation under EIGEN_FAST_MATH, its
+// default).
+template <typename T, typename V>
+inline V sqrt_exact(const V& v) {
+  // (V's width from its size: GCC warns that a vector type's attributes are
+  // ignored when it is passed to a trait as a template argument.)
+  constexpr std::size_t lanes = sizeof(V) / sizeof(T);
+#if defined(EIGEN_VECTORIZE_AVX512)
+  if constexpr ((std::is_same_v<T, float> && lanes == 16)) return _mm512_sqrt_ps(v);
+  if constexpr ((std::is_same_v<T, double> && lanes == 8)) return _mm512_sqrt_pd(v);
+#endif
+#if defined(EIGEN_VECTORIZE_AVX)
+  if constexpr ((std::is_same_v<T, float> && lanes == 8)) return _mm256_sqrt_ps(v);
+  if constexpr ((std::is_same_v<T, double> && lanes == 4)) return _mm256_sqrt_pd(v);
+#endif
+#if defined(EIGEN_VECTORIZE_SSE2)
+  if constexpr ((std::is_same_v<T, float> && lanes == 4)) return _mm_sqrt_ps(v);
+  if constexpr ((std::is_same_v<T, double> && lanes == 2)) return _mm_sqrt_pd(v);
+#endif
+  if constexpr (std::is_arithmetic_v<V>) {
+    return std::sqrt(v);
+  } else {
+    alignas(sizeof(V)) T values[lanes];
+    Eigen::internal::pstore(values, v);
+    for (T& value : values) value = std::sqrt(value);
+    return Eigen::internal::pload<V>(values);
+  }
+}
+
+// Inside every 128 bits, a's lanes picked by the shuffle control I plus
+// those picked by J, then b's likewise: two packets' sums merged side by
+// side, in predux_each.
+#if defined(EIGEN_VECTORIZE_AVX)
+template <int I, int J>
+inline __m256 add_shuffles(__m256 a, __m256 b) {
+  return _mm256_add_ps(_mm256_shuffle_ps(a, b, I), _mm256_shuffle_ps(a, b, J));
+}
+#endif
+#if defined(EIGEN_VECTORIZE_AVX512)
+template <int I, int J>
+inline __m512 add_shuffles(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_ps(a, b, I), _mm512_shuffle_ps(a, b, J));
+}
+#endif
+
+// A packet whose lane k is the sum of v[k]'s lanes, for k < packet_size<T>:
+// the horizontal sums of a packet of rows at once. With AVX-512 or AVX
+// (float), a tree that adds halves of two packets side by side at every
+// level: 2 shuffles and an add per packet merged (45 instructions for 16
+// rows, against ~8 dependent ones per row for predux) and no chain of
+// reductions a row's finish waits on. It adds in predux's order (halves,
+// then quarters, then pairs of lanes, then lanes), so a lane gets the same
+// bits as predux of its packet. Elsewhere predux per packet. Each lane's
+// result depends only on its own packet.
+template <typename T>
+inline packet_t<T> predux_each(const packet_t<T>* v) {
+  using P = packet_t<T>;
+  constexpr Index N = packet_size<T>;
+#if defined(EIGEN_VECTORIZE_AVX)
+  // The last two levels: q[c] holds rows c, c + 4, ... in its 128-bit
+  // quarters 0, 1, ...: pairs of lanes, then lanes, give rows in order.
+  [[maybe_unused]] const auto inside_quarters = [](auto q0, auto q1, auto q2, auto q3) {
+    return add_shuffles<0x88, 0xDD>(add_shuffles<0x44, 0xEE>(q0, q1),
+                                    add_shuffles<0x44, 0xEE>(q2, q3));
+  };
+#endif
+#if defined(EIGEN_VECTORIZE_AVX512)
+  if constexpr (std::is_same_v<T, float> && N == 16) {
+    // Halves of 256 bits side by side (rows j and j + 4), then 128-bit
+    // quarters (row j + 4c in quarter c).
+    const auto halves = [](__m512 a, __m512 b) {
+      return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    };
+    const auto quarters = [](__m512 a, __m512 b) {
+      return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
+    };
+    __m512 h[8], q[4];
+    for (int j = 0; j < 4; ++j) {
+      h[j] = halves(v[j], v[j + 4]);
+      h[j + 4] = halves(v[j + 8], v[j + 12]);
+    }
+    for (int j = 0; j < 4; ++j) q[j] = quarters(h[j], h[j + 4]);
+    return inside_quarters(q[0], q[1], q[2], q[3]);
+  }
+#endif
+#if defined(EIGEN_VECTORIZE_AVX)
+  if constexpr (std::is_same_v<T, float> && N == 8) {
+    // Halves of 128 bits side by side (rows j and j + 4).
+    const auto halves = [](__m256 a, __m256 b) {
+      return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    };
+    return inside_quarters(halves(v[0], v[4]), halves(v[1], v[5]), halves(v[2], v[6]),
+                           halves(v[3], v[7]));
+  }
+#endif
+  if constexpr (N == 1) {
+    return v[0];
+  } else {
+    alignas(sizeof(P)) T sums[N];
+    for (Index k = 0; k < N; ++k) sums[k] = predux(v[k]);
+    return Eigen::internal::pload<P>(sums);
+  }
+}
+
+// The two sums of sum2_rows_packets per row as scalars out_a[k], out_b[k],
+// by blocks of run_block values added in order: a row's sums do not depend
+// on R (see sum_rows).
+template <int R, typename T, typename In, typename F>
+void sum2_rows_with(Index n, In in, F f, T* out_a, T* out_b) {
   unrolled<R>([&](auto k) { out_a[k] = out_b[k] = T(0); });
   for (Index blk = 0; blk < n; blk += run_block) {
-    const Index e = std::min(n, blk + run_block);
-    P a[R][4], b[R][4];
-    unrolled<R>([&](auto k) { unrolled<4>([&](auto j) { a[k][j] = b[k][j] = splat<P>(T(0)); }); });
-    Index i = blk;
-    for (; i + 4 * N <= e; i += 4 * N)
-      unrolled<R>([&](auto k) {
-        unrolled<4>([&](auto j) { f(in(k, i + j * N, P()), a[k][j], b[k][j], k); });
-      });
-    for (; i + N <= e; i += N) unrolled<R>([&](auto k) { f(in(k, i, P()), a[k][0], b[k][0], k); });
+    packet_t<T> pa[R], pb[R];
+    T ta[R], tb[R];
+    sum2_rows_packets<R>(blk, std::min(n, blk + run_block), in, f, pa, pb, ta, tb);
     unrolled<R>([&](auto k) {
-      T sa = 0, sb = 0;
-      for (Index j = i; j < e; ++j) f(in(k, j, T()), sa, sb, k);
-      out_a[k] += predux(padd(padd(a[k][0], a[k][1]), padd(a[k][2], a[k][3]))) + sa;
-      out_b[k] += predux(padd(padd(b[k][0], b[k][1]), padd(b[k][2], b[k][3]))) + sb;
+      out_a[k] += predux(pa[k]) + ta[k];
+      out_b[k] += predux(pb[k]) + tb[k];
     });
   }
 }
