@@ -204,7 +204,9 @@ void short_rows_moments(const T* x, Index stride, Index S, Index rows, T* mean, 
         },
         sums_a + k, sums_b + k, tail_a + k, tail_b + k);
   };
-  for (; k + 2 <= rows; k += 2) sweep(std::integral_constant<int, 2>());
+  if constexpr (N >= 2) {  // (a scalar build's batch is one row)
+    for (; k + 2 <= rows; k += 2) sweep(std::integral_constant<int, 2>());
+  }
   if (k < rows) sweep(std::integral_constant<int, 1>()), ++k;
   for (; k < N; ++k) sums_a[k] = sums_b[k] = splat<P>(T(0)), tail_a[k] = tail_b[k] = T(0);
   // moments_from_shifted, across rows
