@@ -238,7 +238,7 @@ void for_each_short_runs_piece(const View& v, const Parallel& par, int inputs,
 // (InstanceNorm channels-first on small feature maps; also BatchNorm of one
 // sample, and channels-last inputs of one channel or 1x1 maps): the runs
 // are rows, taken kernels::rows_at_once at a time, so their sums overlap
-// and the per-run setup is shared (see for_each_short_row_group), rather
+// and the per-run setup is shared (see for_each_short_row_range), rather
 // than a block per run. Measured, AVX-512, benchmarks/ab, InstanceNorm
 // 32x2048x7x7: forward 3.5-4.0x as fast (0.10 -> 0.38-0.41 of a memcpy),
 // backward 2.7x (0.18-0.20 -> 0.48-0.55), eval with running statistics 2.0x
@@ -264,17 +264,17 @@ bool rows_stream(const View& v, Index S, int inputs, const T* out) {
   return v.streams_output(inputs) &&
          ((S % N == 0 && kernels::packet_aligned<T>(out)) || S >= 4 * N);
 }
-// Calls f(row, std::integral_constant<int, R>, stream) for the rows of one
-// statistic each of such a view (rows of v.S values, row r at r * v.S), in
-// groups of R, on par's threads, for a pass that reads `inputs` tensors and
-// writes `out` (stream: see rows_stream); a row's result does not depend on
-// R, so neither on the thread count.
+// Calls f(first, last, stream) for ranges of the rows of one statistic each
+// of such a view (rows of v.S values, row r at r * v.S), on par's threads,
+// for a pass that reads `inputs` tensors and writes `out` (stream: see
+// rows_stream). f takes them several at a time (see for_each_row_group,
+// for_each_row_moments): a row's result does not depend on how many, so
+// neither on the thread count.
 template <typename T, typename F>
-void for_each_short_row_group(const View& v, const Parallel& par, int inputs, const T* out, F f) {
+void for_each_short_row_range(const View& v, const Parallel& par, int inputs, const T* out, F f) {
   const bool stream = rows_stream<T>(v, v.S, inputs, out);
   par.for_ranges(v.P, pass_bytes(v.S, inputs), [&](Index first, Index last) {
-    kernels::for_each_row_group(first, last, true,
-                                [&](Index row, auto count) { f(row, count, stream); });
+    f(first, last, stream);
     if (stream) kernels::streaming_fence();
   });
 }
@@ -417,19 +417,38 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
   }
   if (use_short_rows(v)) {
     const Index S = v.S;
-    for_each_short_row_group<T>(v, par, 1, y, [&](Index row, auto count, bool stream) {
-      constexpr int R = decltype(count)::value;
-      Acc mean[R], m2[R], scale[R], shift[R];
-      if (batch_stats) kernels::row_moments<true, R>(x + row * S, S, S, mean, m2);
-      for (int k = 0; k < R; ++k) {
+    // Rows [row, row + count) (count: an Index, or a std::integral_constant
+    // when known), with batch statistics in mean and m2 or given ones.
+    const auto apply = [&](Index row, auto count, bool stream, Acc* mean, const Acc* m2) {
+      constexpr int most = std::max(int(kernels::packet_size<Acc>), kernels::rows_at_once);
+      Acc scale[most], shift[most];
+      for (Index k = 0; k < count; ++k) {
         if (!batch_stats) mean[k] = static_cast<Acc>(stats_mean[row + k]);
         std::tie(scale[k], shift[k]) =
             finish(row + k, mean[k],
                    batch_stats ? m2[k] / static_cast<Acc>(S)
                                : static_cast<Acc>(stats_var[row + k]));
       }
-      kernels::normalize_rows_per_stat<R>(x + row * S, y + row * S, S, S, stream, mean, scale,
-                                          shift);
+      kernels::for_each_row_group(0, count, true, [&](Index k, auto R) {
+        const Index o = (row + k) * S;
+        kernels::normalize_rows_per_stat<decltype(R)::value>(x + o, y + o, S, S, stream,
+                                                             mean + k, scale + k, shift + k);
+      });
+    };
+    for_each_short_row_range<T>(v, par, 1, y, [&](Index first, Index last, bool stream) {
+      if (batch_stats) {
+        kernels::for_each_row_moments<true>(
+            x, S, S, first, last, true,
+            [&](Index row, auto count, Acc* mean, Acc* m2, int) {
+              apply(row, count, stream, mean, m2);
+            },
+            stream ? nullptr : y);
+        return;
+      }
+      kernels::for_each_row_group(first, last, true, [&](Index row, auto count) {
+        Acc mean[decltype(count)::value];
+        apply(row, count, stream, mean, nullptr);
+      });
     });
     return;
   }
@@ -648,16 +667,18 @@ void channel_norm_backward(const View& v, const Parallel& par, const T* x, const
   }
   if (use_short_rows(v)) {
     const Index S = v.S;
-    for_each_short_row_group<T>(v, par, 2, dx, [&](Index row, auto count, bool stream) {
-      constexpr int R = decltype(count)::value;
-      Acc sum_dy[R] = {}, sum_dyxc[R] = {}, shift[R], w[R], z[R];
-      const Index o = row * S;
-      if (need_sums)
-        kernels::backward_reduce_rows<R>(x + o, dy + o, S, S, mean + row, sum_dy, sum_dyxc);
-      for (int k = 0; k < R; ++k)
-        std::tie(shift[k], w[k], z[k]) = coefficients(row + k, sum_dy[k], sum_dyxc[k]);
-      kernels::backward_apply_rows<R>(x + o, dy + o, dx + o, S, S, stream, mean + row,
-                                      static_cast<const Acc*>(nullptr), shift, w, z);
+    for_each_short_row_range<T>(v, par, 2, dx, [&](Index first, Index last, bool stream) {
+      kernels::for_each_row_group(first, last, true, [&](Index row, auto count) {
+        constexpr int R = decltype(count)::value;
+        Acc sum_dy[R] = {}, sum_dyxc[R] = {}, shift[R], w[R], z[R];
+        const Index o = row * S;
+        if (need_sums)
+          kernels::backward_reduce_rows<R>(x + o, dy + o, S, S, mean + row, sum_dy, sum_dyxc);
+        for (int k = 0; k < R; ++k)
+          std::tie(shift[k], w[k], z[k]) = coefficients(row + k, sum_dy[k], sum_dyxc[k]);
+        kernels::backward_apply_rows<R>(x + o, dy + o, dx + o, S, S, stream, mean + row,
+                                        static_cast<const Acc*>(nullptr), shift, w, z);
+      });
     });
     return;
   }

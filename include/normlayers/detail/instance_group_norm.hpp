@@ -227,8 +227,10 @@ void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const
   // AVX-512, 8x320x32x32 forward: 0.49-0.51 -> 0.61-0.64 of a memcpy,
   // 8x128x16x16 0.29 -> 0.53).
   // Groups of under small_group_values values take their moments
-  // kernels::rows_at_once groups (4 with AVX-512) at a time (a group's result does not
-  // depend on it), so the sums of short groups overlap. One value per
+  // kernels::rows_at_once groups (4 with AVX-512) at a time, or of at most
+  // kernels::short_row_values a packet of groups (see for_each_row_moments;
+  // a group's result does not depend on it), so the sums of short groups
+  // overlap. One value per
   // channel ([N, C] inputs, 1x1 maps): the group is one run of D values,
   // each its own channel, applied in one call with per-channel arrays
   // rather than channel by channel. Measured, AVX-512, benchmarks/ab,
@@ -240,11 +242,9 @@ void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const
   const bool lanes = hw == 1;
   par.for_ranges(g.num_group_stats(), pass_bytes(D * hw, 1), [&](Index first, Index last) {
     aligned_vector<Acc> scale(static_cast<std::size_t>(D)), shift(scale.size());
-    kernels::for_each_row_group(first, last, small_groups, [&](Index gs0, auto count) {
-      constexpr int R = decltype(count)::value;
-      Acc gms[R], gm2s[R];
-      kernels::row_moments<true, R>(x + gs0 * D * hw, D * hw, D * hw, gms, gm2s);
-      for (Index gs = gs0; gs < gs0 + R; ++gs) {  // gs = n*G + grp, rows gs*D .. gs*D + D - 1
+    kernels::for_each_row_moments<true>(x, D * hw, D * hw, first, last, small_groups,
+                                        [&](Index gs0, auto count, Acc* gms, Acc* gm2s, int) {
+      for (Index gs = gs0; gs < gs0 + count; ++gs) {  // gs = n*G + grp, rows gs*D .. gs*D + D - 1
         const Acc gm = gms[gs - gs0];
         finish(gs, gm, gm2s[gs - gs0], scale.data(), shift.data());
         if (lanes) {
@@ -265,7 +265,7 @@ void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const
                                             shift.data() + d, gs + 1 < last ? D * hw : 0);
         }
       }
-    });
+    }, run.stream ? nullptr : y);
     if (run.stream) kernels::streaming_fence();
   });
 }

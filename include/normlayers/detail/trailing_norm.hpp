@@ -117,40 +117,23 @@ void trailing_norm_forward(const TrailingGeometry& g, const Parallel& par,
     const bool stream = v.streams_output(1);
     const bool at_once = v.size() <= rows_at_once_max_values ||
                          (stream && double(v.S) * sizeof(T) <= 4096.0);
-    // Short LayerNorm rows take their moments a packet of rows at a time
-    // (see short_rows_moments), then normalize them R at a time.
-    constexpr Index batch = kernels::packet_size<Acc>;
-    const bool short_rows = Centered && v.S <= kernels::short_row_values;
     const auto rows = [&](auto prefetch_next) {
-      // Rows [row, row + count), moments already in mu and M2 in rstd, of a
-      // group of `group` rows (whose pass prefetches the next group's).
-      // (count: an Index, or a std::integral_constant when known.)
-      const auto finish = [&](Index row, auto count, Acc* mu, Acc* rstd, int group) {
-        kernels::rstd_from_m2(rstd, count, m, eps);
-        kernels::for_each_row_group(0, count, at_once, [&](Index k, auto R) {
-          const Index offset = v.block_offset(row + k, 0);
-          kernels::normalize_rows_affine_s<decltype(R)::value, decltype(prefetch_next)::value>(
-              x + offset, y + offset, v.S, v.S, stream, mu + k, rstd + k, gamma, beta, group);
-        });
-        if (mean_out && Centered) std::copy_n(mu, count, mean_out + row);
-        if (rstd_out) std::copy_n(rstd, count, rstd_out + row);
-      };
       par.for_ranges(v.P, pass_bytes(v.S, 1), [&](Index first, Index last) {
-        if (short_rows) {
-          for (Index row = first; row < last; row += batch) {
-            alignas(sizeof(kernels::packet_t<Acc>)) Acc mu[batch], rstd[batch];
-            const Index count = std::min(batch, last - row);
-            kernels::short_rows_moments(x + v.block_offset(row, 0), v.S, v.S, count, mu, rstd);
-            finish(row, count, mu, rstd, int(batch));
-          }
-        } else {
-          kernels::for_each_row_group(first, last, at_once, [&](Index row, auto count) {
-            constexpr int R = decltype(count)::value;
-            Acc mu[R], rstd[R];
-            kernels::row_moments<Centered, R>(x + v.block_offset(row, 0), v.S, v.S, mu, rstd);
-            finish(row, count, mu, rstd, R);
-          });
-        }
+        kernels::for_each_row_moments<Centered>(
+            x, v.S, v.S, first, last, at_once,
+            [&](Index row, auto count, Acc* mu, Acc* rstd, int group) {
+              kernels::rstd_from_m2(rstd, count, m, eps);
+              kernels::for_each_row_group(0, count, at_once, [&](Index k, auto R) {
+                constexpr bool ahead = decltype(prefetch_next)::value;
+                const Index offset = v.block_offset(row + k, 0);
+                kernels::normalize_rows_affine_s<decltype(R)::value, ahead>(
+                    x + offset, y + offset, v.S, v.S, stream, mu + k, rstd + k, gamma, beta,
+                    group);
+              });
+              if (mean_out && Centered) std::copy_n(mu, count, mean_out + row);
+              if (rstd_out) std::copy_n(rstd, count, rstd_out + row);
+            },
+            stream ? nullptr : y);
         if (stream) kernels::streaming_fence();
       });
     };

@@ -162,8 +162,8 @@ void row_moments(const T* x, Index stride, Index S, T* mean, T* m2) {
   }
 }
 
-// LayerNorm rows of at most this many values take their moments a packet of
-// rows at a time (short_rows_moments).
+// LayerNorm rows and InstanceNorm maps (channels-first) of at most this many
+// values take their moments a packet of rows at a time (short_rows_moments).
 inline constexpr Index short_row_values = 256;
 
 // row_moments<true> of rows <= packet_size<T> rows (stride apart) of 0 < S
@@ -193,11 +193,14 @@ void short_rows_moments(const T* x, Index stride, Index S, Index rows, T* mean, 
   // Sweeps of up to 2 rows (8 accumulators each, see row_moments).
   P sums_a[N], sums_b[N];
   Index k = 0;
+  const Index ahead = rows_ahead<T>(int(N), stride);
   const auto sweep = [&](auto r) {
     sum2_rows_packets<decltype(r)::value>(
         0, S,
-        [xk = x + k * stride, stride](auto j, Index i, auto as) {
-          return load_as<decltype(as)>(xk + j * stride + i);
+        [xk = x + k * stride, stride, ahead](auto j, Index i, auto as) {
+          using V = decltype(as);
+          if constexpr (!std::is_same_v<V, T>) prefetch(xk + j * stride + i + ahead);
+          return load_as<V>(xk + j * stride + i);
         },
         [&shift, k](const auto& v, auto& a, auto& b, auto j) {
           shifted_terms(v, a, b, shift[k + j]);
@@ -223,6 +226,41 @@ void short_rows_moments(const T* x, Index stride, Index S, Index rows, T* mean, 
         m2[k] = sum_run(x + k * stride, S,
                         [mu = mean[k]](auto acc, auto v) { return square_term(acc, v, mu); });
   }
+}
+
+// Calls f(row, count, mean, m2, group) for rows [first, last) of S > 0
+// values (row r at x + r * stride), one statistic per row, with the
+// moments of rows row .. row + count - 1 in mean[0 .. count) and m2[...]:
+// for Centered rows of at most short_row_values values a packet of rows at
+// a time (short_rows_moments; count an Index, group packet_size<T>), else
+// rows_at_once at a time if at_once, then one by one (row_moments; count a
+// std::integral_constant, group its value). `group`: the rows a pass over
+// them takes, read before it (how far on it prefetches, see rows_ahead).
+// `out`, if given: the rows' output (laid out as x), whose next packet of
+// rows is asked for (prefetch_for_write) before f writes this one's: a
+// packet of rows is a burst of stores to lines not in cache (measured,
+// AVX-512, benchmarks/ab, InstanceNorm 32x2048x7x7 forward, against
+// rows_at_once at a time: 0.78-0.80x without, 1.10-1.13x with).
+template <bool Centered, typename T, typename F>
+void for_each_row_moments(const T* x, Index stride, Index S, Index first, Index last,
+                          bool at_once, F f, const T* out = nullptr) {
+  constexpr Index N = packet_size<T>;
+  if (Centered && S <= short_row_values) {
+    for (Index row = first; row < last; row += N) {
+      alignas(sizeof(packet_t<T>)) T mean[N], m2[N];
+      const Index count = std::min(N, last - row);
+      short_rows_moments(x + row * stride, stride, S, count, mean, m2);
+      if (out) prefetch_for_write(out + (row + N) * stride, N * stride);
+      f(row, count, mean, m2, int(N));
+    }
+    return;
+  }
+  for_each_row_group(first, last, at_once, [&](Index row, auto count) {
+    constexpr int R = decltype(count)::value;
+    T mean[R], m2[R];
+    row_moments<Centered, R>(x + row * stride, stride, S, mean, m2);
+    f(row, count, mean, m2, R);
+  });
 }
 
 // M2 -> rstd in place: m2[k] = 1 / sqrt(m2[k] / count + eps) for k < n, by

@@ -309,6 +309,19 @@ inline void prefetch(const void* p) {
   (void)p;
 #endif
 }
+// Asks for the cache lines of out[0 .. n) ahead of writing them (plain
+// stores, not streaming ones), so that a burst of stores to lines not in
+// cache does not fill the store buffer and stall on their reads for
+// ownership. Never faults.
+template <typename T>
+inline void prefetch_for_write(const T* out, Index n) {
+#if defined(__GNUC__) || defined(__clang__)
+  constexpr Index line = 64 / Index(sizeof(T));
+  for (Index i = 0; i < n; i += line) __builtin_prefetch(out + i, 1, 3);
+#else
+  (void)out, (void)n;
+#endif
+}
 
 // Orders streaming stores before whatever follows (another thread's reads);
 // every loop that may stream calls it once at its end.
