@@ -237,9 +237,10 @@ void for_each_short_runs_piece(const View& v, const Parallel& par, int inputs,
 // One statistic per contiguous run of under short_run_limit values
 // (InstanceNorm channels-first on small feature maps; also BatchNorm of one
 // sample, and channels-last inputs of one channel or 1x1 maps): the runs
-// are rows, taken kernels::rows_at_once at a time, so their sums overlap
-// and the per-run setup is shared (see for_each_short_row_range), rather
-// than a block per run. Measured, AVX-512, benchmarks/ab, InstanceNorm
+// are rows, taken kernels::rows_at_once at a time (the forward's moments a
+// packet of rows at a time, see for_each_row_moments), so their sums
+// overlap and the per-run setup is shared (see for_each_short_row_range),
+// rather than a block per run. Measured, AVX-512, benchmarks/ab, InstanceNorm
 // 32x2048x7x7: forward 3.5-4.0x as fast (0.10 -> 0.38-0.41 of a memcpy),
 // backward 2.7x (0.18-0.20 -> 0.48-0.55), eval with running statistics 2.0x
 // (0.36 -> 0.71); 128x1024x4x4: 5.6x (0.03 -> 0.18-0.21), 3.4x (0.08-0.10 ->

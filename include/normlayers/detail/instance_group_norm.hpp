@@ -230,10 +230,9 @@ void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const
   // kernels::rows_at_once groups (4 with AVX-512) at a time, or of at most
   // kernels::short_row_values a packet of groups (see for_each_row_moments;
   // a group's result does not depend on it), so the sums of short groups
-  // overlap. One value per
-  // channel ([N, C] inputs, 1x1 maps): the group is one run of D values,
-  // each its own channel, applied in one call with per-channel arrays
-  // rather than channel by channel. Measured, AVX-512, benchmarks/ab,
+  // overlap. One value per channel ([N, C] inputs, 1x1 maps): the group is
+  // one run of D values, each its own channel, applied in one call with
+  // per-channel arrays rather than channel by channel. Measured, AVX-512, benchmarks/ab,
   // forward: 2048x1024x1x1 9x as fast (0.02 -> 0.19 of a memcpy; 0.08-0.10
   // with the apply as a block of lanes), 64x512x7x7 (784 values a group)
   // 1.12x; groups of 3136 values (32x2048x7x7) at once 0.85x, hence the
