@@ -162,8 +162,9 @@ void row_moments(const T* x, Index stride, Index S, T* mean, T* m2) {
   }
 }
 
-// LayerNorm rows and InstanceNorm maps (channels-first) of at most this many
-// values take their moments a packet of rows at a time (short_rows_moments).
+// LayerNorm rows, InstanceNorm maps (channels-first) and GroupNorm groups of
+// at most this many values take their moments a packet of rows at a time
+// (short_rows_moments, for_each_row_moments).
 inline constexpr Index short_row_values = 256;
 
 // row_moments<true> of rows <= packet_size<T> rows (stride apart) of 0 < S
@@ -175,9 +176,12 @@ inline constexpr Index short_row_values = 256;
 // (LayerNorm over 64 values: ~8 ns a row of moments in cache). RMSNorm's
 // single sum has no such chain: its rows read no faster this way (RMSNorm
 // 2048x64 in cache 14 ns a row either way; 65536x128 from memory 0.8-0.9x).
-// A row's result does not depend on `rows` (nor on the way: predux_each adds
-// in predux's order, so the values are those of row_moments). mean and m2
-// hold packet_size<T> values (those past `rows` are left unspecified).
+// The sweeps ask for the values rows_ahead on (the next packet of rows, or
+// 8 KiB), so that the reads of one packet of rows overlap the pass over the
+// previous one (see for_each_row_moments). A row's result does not depend
+// on `rows` (nor on the way: predux_each adds in predux's order, so the
+// values are those of row_moments). mean and m2 hold packet_size<T> values
+// (those past `rows` are left unspecified).
 template <typename T>
 void short_rows_moments(const T* x, Index stride, Index S, Index rows, T* mean, T* m2) {
   using P = packet_t<T>;
