@@ -132,16 +132,16 @@ inline V sqrt_exact(const V& v) {
   // ignored when it is passed to a trait as a template argument.)
   constexpr std::size_t lanes = sizeof(V) / sizeof(T);
 #if defined(EIGEN_VECTORIZE_AVX512)
-  if constexpr ((std::is_same_v<T, float> && lanes == 16)) return _mm512_sqrt_ps(v);
-  if constexpr ((std::is_same_v<T, double> && lanes == 8)) return _mm512_sqrt_pd(v);
+  if constexpr (std::is_same_v<T, float> && lanes == 16) return _mm512_sqrt_ps(v);
+  if constexpr (std::is_same_v<T, double> && lanes == 8) return _mm512_sqrt_pd(v);
 #endif
 #if defined(EIGEN_VECTORIZE_AVX)
-  if constexpr ((std::is_same_v<T, float> && lanes == 8)) return _mm256_sqrt_ps(v);
-  if constexpr ((std::is_same_v<T, double> && lanes == 4)) return _mm256_sqrt_pd(v);
+  if constexpr (std::is_same_v<T, float> && lanes == 8) return _mm256_sqrt_ps(v);
+  if constexpr (std::is_same_v<T, double> && lanes == 4) return _mm256_sqrt_pd(v);
 #endif
 #if defined(EIGEN_VECTORIZE_SSE2)
-  if constexpr ((std::is_same_v<T, float> && lanes == 4)) return _mm_sqrt_ps(v);
-  if constexpr ((std::is_same_v<T, double> && lanes == 2)) return _mm_sqrt_pd(v);
+  if constexpr (std::is_same_v<T, float> && lanes == 4) return _mm_sqrt_ps(v);
+  if constexpr (std::is_same_v<T, double> && lanes == 2) return _mm_sqrt_pd(v);
 #endif
   if constexpr (std::is_arithmetic_v<V>) {
     return std::sqrt(v);
