@@ -203,6 +203,22 @@ TEST(LayerNormNumerics, ShortRowsGetTheirOwnResultInAnyBatch) {
   }
 }
 
+// The backward of short rows goes a packet of rows at a time: 37 rows (two
+// batches of 16 and a part: a group of 4 and a single row) of each length
+// as above, with rows 3 and 20 offset far from the rest.
+TEST(LayerNormNumerics, ShortRowsBackwardGetTheirOwnResultInAnyBatch) {
+  const Index rows = 37;
+  for (Index d : {Index(7), Index(64), Index(200), Index(256), Index(257)}) {
+    SCOPED_TRACE(::testing::Message() << "rows of " << d);
+    Vec xv = test::random_vec(std::size_t(rows * d), 33, 3.0, 2.0);
+    for (Index i = 0; i < d; ++i) xv[std::size_t(3 * d + i)] += 1000.0;
+    for (Index i = 0; i < d; ++i) xv[std::size_t(20 * d + i)] -= 500.0;
+    nl::LayerNorm<float> ln({d});
+    test::set_random_params(ln, 34);
+    test::expect_rows_backward_alone(ln, rows, d, xv, test::random_vec(xv.size(), 35), true);
+  }
+}
+
 TYPED_TEST(LayerNormTest, InvariantToPositiveAffineMapOfInput) {
   using S = typename TypeParam::scalar;
   const std::array<Index, 3> dims{3, 4, 50};

@@ -109,6 +109,22 @@ TYPED_TEST(RMSNormTest, UnitWeightGivesUnitMeanSquare) {
   }
 }
 
+// The backward of short rows goes a packet of rows at a time: 37 rows (two
+// batches of 16 and a part: a group of 4 and a single row) of lengths
+// shorter than a packet, a packet and a tail, the longest batched one and
+// the next (one group of rows at a time), with row 3 scaled far up.
+TEST(RMSNormNumerics, ShortRowsBackwardGetTheirOwnResultInAnyBatch) {
+  const Index rows = 37;
+  for (Index d : {Index(7), Index(64), Index(200), Index(256), Index(257)}) {
+    SCOPED_TRACE(::testing::Message() << "rows of " << d);
+    Vec xv = test::random_vec(std::size_t(rows * d), 36);
+    for (Index i = 0; i < d; ++i) xv[std::size_t(3 * d + i)] *= 1000.0;
+    nl::RMSNorm<float> rms({d});
+    test::set_random_params(rms, 37);
+    test::expect_rows_backward_alone(rms, rows, d, xv, test::random_vec(xv.size(), 38), false);
+  }
+}
+
 TEST(RMSNormModule, EpsDefaultsToMachineEpsilonOfTheScalar) {
   EXPECT_EQ(nl::RMSNorm<float>({4}).eps(), double(std::numeric_limits<float>::epsilon()));
   EXPECT_EQ(nl::RMSNorm<double>({4}).eps(), std::numeric_limits<double>::epsilon());

@@ -22,6 +22,8 @@
 
 #include <unsupported/Eigen/CXX11/Tensor>
 
+#include "reference.hpp"
+
 namespace test {
 
 using Index = Eigen::Index;
@@ -271,6 +273,39 @@ void expect_grads_close(const Vec& dx, const Module& m, const Grads& want, bool 
         all_close(to_vec(m.bias_grad()), want.dbeta, rtol, atol, want.dbeta_terms, sum_tol))
         << "bias_grad";
   }
+}
+
+// The forward and backward of `rows` rows of d values through `m` (a float
+// LayerNorm or RMSNorm over {d}, centered: LayerNorm) against the double
+// reference, and every row's input gradient bitwise equal to that of the
+// same row backpropagated alone: short rows go a packet of rows at a time
+// (backward_short_rows_affine_s), and a row's result must not depend on its
+// batch.
+template <typename Module>
+void expect_rows_backward_alone(Module& m, Index rows, Index d, const Vec& xv, const Vec& dyv,
+                                bool centered) {
+  const auto x = make_tensor<float, Eigen::RowMajor>(std::array<Index, 2>{rows, d}, xv);
+  const auto dy = make_tensor<float, Eigen::RowMajor>(std::array<Index, 2>{rows, d}, dyv);
+  const Vec gamma = to_vec(m.weight());
+  m.zero_grad();
+  m.forward(x);
+  const Vec dx = logical(m.backward(x, dy));
+  const auto want = reference::row_norm_backward(logical(x), logical(dy), std::size_t(d), gamma,
+                                                 double(m.eps()), centered);
+  expect_grads_close(dx, m, want, true, centered, 1e-4, 1e-4);
+  std::size_t differ = 0;
+  for (Index r = 0; r < rows; ++r) {
+    const auto at = [&](const Vec& v) {
+      const auto first = v.begin() + r * d;
+      return make_tensor<float, Eigen::RowMajor>(std::array<Index, 2>{1, d},
+                                                 Vec(first, first + d));
+    };
+    m.forward(at(xv));
+    const Vec alone = logical(m.backward(at(xv), at(dyv)));
+    for (Index i = 0; i < d; ++i)
+      differ += float(alone[std::size_t(i)]) != float(dx[std::size_t(r * d + i)]);
+  }
+  EXPECT_EQ(differ, 0u);
 }
 
 // expect_at_offsets of a fresh forward then backward(x, dy, dx) of module m

@@ -67,6 +67,7 @@ const std::map<std::string, Shape> shapes = {
     {"gn2_nhwc", {"gn", true, {2, 64, 64, 320}}},
     {"in_nchw", {"in", false, {8, 64, 128, 128}}},
     {"in_nhwc", {"in", true, {8, 128, 128, 64}}},
+    {"bn_2d", {"bn", true, {256, 1, 1, 1024}}},  // [256, 1024]: C last, as BatchNorm1d's
     // Short runs (small feature maps, not in the suite): CIFAR-style 8x8,
     // ResNet-50's last stage, 4x4 maps, GroupNorm on [N, C] (1x1) and with
     // groups of 784 values, GroupNorm in Mask R-CNN's heads (7x7, 14x14),

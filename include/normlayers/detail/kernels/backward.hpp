@@ -343,7 +343,7 @@ void backward_apply_block(const T* x, const T* dy, T* dx, const Block& b, const 
             return [=](V xv, V dv) { return pmadd(padd(dv, vt), wt, pmul(psub(xv, mt), zt)); };
           }
         },
-        ahead);
+        packet_aligned<T>(mean, v, w, z) && (!U || packet_aligned<T>(u)), ahead);
   });
 }
 

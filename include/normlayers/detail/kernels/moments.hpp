@@ -241,10 +241,11 @@ void short_rows_moments(const T* x, Index stride, Index S, Index rows, T* mean, 
 // std::integral_constant, group its value). `group`: the rows a pass over
 // them takes, read before it (how far on it prefetches, see rows_ahead).
 // `out`, if given: the rows' output (laid out as x), whose next packet of
-// rows is asked for (prefetch_for_write) before f writes this one's: a
-// packet of rows is a burst of stores to lines not in cache (measured,
-// AVX-512, benchmarks/ab, InstanceNorm 32x2048x7x7 forward, against
-// rows_at_once at a time: 0.78-0.80x without, 1.10-1.13x with).
+// rows in the range (another thread may write past it) is asked for
+// (prefetch_for_write) before f writes this one's: a packet of rows is a
+// burst of stores to lines not in cache (measured, AVX-512, benchmarks/ab,
+// InstanceNorm 32x2048x7x7 forward, against rows_at_once at a time:
+// 0.78-0.80x without, 1.10-1.13x with).
 template <bool Centered, typename T, typename F>
 void for_each_row_moments(const T* x, Index stride, Index S, Index first, Index last,
                           bool at_once, F f, const T* out = nullptr) {
@@ -254,7 +255,8 @@ void for_each_row_moments(const T* x, Index stride, Index S, Index first, Index 
       alignas(sizeof(packet_t<T>)) T mean[N], m2[N];
       const Index count = std::min(N, last - row);
       short_rows_moments(x + row * stride, stride, S, count, mean, m2);
-      if (out) prefetch_for_write(out + (row + N) * stride, N * stride);
+      if (out && row + N < last)
+        prefetch_for_write(out + (row + N) * stride, std::min(N, last - row - N) * stride);
       f(row, count, mean, m2, int(N));
     }
     return;
