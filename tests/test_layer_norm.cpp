@@ -203,10 +203,10 @@ TEST(LayerNormNumerics, ShortRowsGetTheirOwnResultInAnyBatch) {
   }
 }
 
-// The backward of short rows goes a packet of rows at a time: 37 rows (two
-// batches of 16 and a part: a group of 4 and a single row) of each length
-// as above, with rows 3 and 20 offset far from the rest.
-TEST(LayerNormNumerics, ShortRowsBackwardGetTheirOwnResultInAnyBatch) {
+// The backward's rows alone and in groups: 37 rows (groups of 4 or 2, then
+// a single row) of each length as above, with rows 3 and 20 offset far from
+// the rest.
+TEST(LayerNormNumerics, BackwardRowsGetTheirOwnResultInAnyGroup) {
   const Index rows = 37;
   for (Index d : {Index(7), Index(64), Index(200), Index(256), Index(257)}) {
     SCOPED_TRACE(::testing::Message() << "rows of " << d);

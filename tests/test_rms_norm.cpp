@@ -109,11 +109,10 @@ TYPED_TEST(RMSNormTest, UnitWeightGivesUnitMeanSquare) {
   }
 }
 
-// The backward of short rows goes a packet of rows at a time: 37 rows (two
-// batches of 16 and a part: a group of 4 and a single row) of lengths
-// shorter than a packet, a packet and a tail, the longest batched one and
-// the next (one group of rows at a time), with row 3 scaled far up.
-TEST(RMSNormNumerics, ShortRowsBackwardGetTheirOwnResultInAnyBatch) {
+// The backward's rows alone and in groups: 37 rows (groups of 4 or 2, then
+// a single row) of lengths shorter than a packet, a packet and a tail, and
+// around 256, with row 3 scaled far up.
+TEST(RMSNormNumerics, BackwardRowsGetTheirOwnResultInAnyGroup) {
   const Index rows = 37;
   for (Index d : {Index(7), Index(64), Index(200), Index(256), Index(257)}) {
     SCOPED_TRACE(::testing::Message() << "rows of " << d);

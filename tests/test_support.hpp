@@ -278,9 +278,9 @@ void expect_grads_close(const Vec& dx, const Module& m, const Grads& want, bool 
 // The forward and backward of `rows` rows of d values through `m` (a float
 // LayerNorm or RMSNorm over {d}, centered: LayerNorm) against the double
 // reference, and every row's input gradient bitwise equal to that of the
-// same row backpropagated alone: short rows go a packet of rows at a time
-// (backward_short_rows_affine_s), and a row's result must not depend on its
-// batch.
+// same row backpropagated alone: the backward takes rows a group at a time
+// (kernels::rows_at_once, then single rows), and a row's result must not
+// depend on its group.
 template <typename Module>
 void expect_rows_backward_alone(Module& m, Index rows, Index d, const Vec& xv, const Vec& dyv,
                                 bool centered) {
