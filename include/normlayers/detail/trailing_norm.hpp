@@ -114,7 +114,7 @@ void trailing_norm_forward(const TrailingGeometry& g, const Parallel& par,
     // 8192x1024 0.99-1.00 -> 1.03-1.08, 8192x768 0.93 -> 1.06, 4096x4096
     // 0.80-0.81 -> 0.85-0.90; RMSNorm 4096x4096 0.79-0.84 -> 1.11-1.15,
     // 8192x1024 1.02 -> 1.10; cache-resident 64x768 and 1024x2048 unchanged).
-    const bool stream = v.streams_output(1);
+    const bool stream = v.streams_output(1) && !kernels::streaming_stalls_loads(x, y);
     const bool at_once = v.size() <= rows_at_once_max_values ||
                          (stream && double(v.S) * sizeof(T) <= 4096.0);
     const auto rows = [&](auto prefetch_next) {
