@@ -539,4 +539,38 @@ TEST(LayerNormLarge, StreamingShortRowsMatchTheReference) {
   check_streaming_output<Eigen::RowMajor>(8195, 513);
 }
 
+// Where y lies from x modulo 4 KiB picks plain or streaming stores on some
+// CPUs (kernels::streaming_stalls_loads); the output must not depend on it.
+TEST(LayerNormLarge, OutputIsTheSameWhereverItLiesFromTheInput) {
+  const std::array<Index, 2> dims{4100, 1024};
+  const std::size_t n = std::size_t(test::numel(dims));
+  ASSERT_GT(n, std::size_t(4) << 20);
+  nl::LayerNorm<float> ln({dims[1]});
+  test::set_random_params(ln, 6);
+  const Vec xv = test::random_vec(n, 7);
+  // One buffer: x from a 4 KiB boundary, y from a later one moved by `shift` bytes.
+  const std::size_t page = 1024, gap = (n + page - 1) / page * page + 2 * page;
+  std::vector<float> buf(2 * gap + 2 * page, 0.f);
+  const auto addr = reinterpret_cast<std::uintptr_t>(buf.data());
+  float* const x = buf.data() + (4096 - addr % 4096) % 4096 / sizeof(float);
+  for (std::size_t i = 0; i < n; ++i) x[i] = float(xv[i]);
+  Eigen::TensorMap<const Eigen::Tensor<float, 2, Eigen::RowMajor>> xmap(x, dims);
+  std::vector<float> first;
+  for (int shift : {0, 32, 64, 256, -64, -256, 1024}) {
+    float* const y = x + std::ptrdiff_t(gap) + shift / int(sizeof(float));
+    EXPECT_EQ(nl::detail::kernels::near_4k_alias(x, y), shift != 0 && shift != 1024);
+    Eigen::TensorMap<Eigen::Tensor<float, 2, Eigen::RowMajor>> ymap(y, dims);
+    ln.forward(xmap, ymap);
+    if (first.empty()) {
+      first.assign(y, y + n);
+      const Vec gamma = test::to_vec(ln.weight()), beta = test::to_vec(ln.bias());
+      const auto ref = reference::row_norm_forward(test::logical(xmap), std::size_t(dims[1]),
+                                                   gamma, beta, 1e-5, true);
+      EXPECT_TRUE(test::all_close(test::logical(ymap), ref.y, 1e-5, 1e-5));
+    } else {
+      EXPECT_TRUE(std::equal(first.begin(), first.end(), y)) << "y " << shift << " bytes off";
+    }
+  }
+}
+
 }  // namespace

@@ -324,18 +324,40 @@ inline void prefetch_for_write(const T* out, Index n) {
 }
 
 // Whether out lies just before or after in modulo 4 KiB (within 256 bytes,
-// not at the same offset): there streaming stores to out held up the loads
-// of in that share their low 12 address bits, and a pass that reads in and
-// streams out ran 2-12x slower than with plain stores (measured, AVX2 build,
-// Zen 3, LayerNorm 8192x1024 forward from one buffer, y placed from x:
-// +32 bytes 64 ms, +64 39, +128 23, +224 11, +256 5.8; -32 18, -64 26,
-// -256 61, -320 6.3; at 0 7-12 ms; 5.1 ms from 512 bytes to 3.5 KiB off;
-// plain stores 6.5-8.0 ms at every offset).
+// not at the same offset), where stores to out share their low 12 address
+// bits with loads of in a few packets away.
 template <typename T>
-inline bool streaming_stalls_loads(const T* in, const T* out) {
+inline bool near_4k_alias(const T* in, const T* out) {
   const auto d = (reinterpret_cast<std::uintptr_t>(out) - reinterpret_cast<std::uintptr_t>(in)) %
                  std::uintptr_t(4096);
   return d != 0 && (d <= 256 || d >= 4096 - 256);
+}
+
+// Whether this CPU holds up loads behind streaming stores to addresses with
+// the same low 12 bits: AMD's do (Zen 3, AVX2 build, LayerNorm 8192x1024
+// forward from one buffer, y placed from x: +32 bytes 64 ms, +64 39, +128
+// 23, +224 11, +256 5.8; -32 18, -64 26, -256 61, -320 6.3; at 0 7-12 ms;
+// 5.1 ms from 512 bytes to 3.5 KiB off; plain stores 6.5-8.0 ms at every
+// offset). Intel's do not (Xeon, Sapphire Rapids class, the same case:
+// streaming 2.4-3.5 ms at every one of those offsets, plain stores 4.9-7.8
+// ms; an AVX2 build of it alike, 2.8-4.5 against 6.2-9.1 ms), so there
+// plain stores would only lose. Unknown x86 vendors and compilers without
+// __builtin_cpu_is count as AMD (the cautious side); other ISAs have no
+// such stores (store_streaming is a plain store there).
+inline bool streaming_stalls_aliased_loads() {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  static const bool stalls = !__builtin_cpu_is("intel");
+  return stalls;
+#else
+  return true;
+#endif
+}
+
+// Whether a pass that reads in and writes out should store plainly even
+// where its size asks for streaming stores (see the two above).
+template <typename T>
+inline bool streaming_stalls_loads(const T* in, const T* out) {
+  return near_4k_alias(in, out) && streaming_stalls_aliased_loads();
 }
 
 // Orders streaming stores before whatever follows (another thread's reads);
