@@ -48,10 +48,10 @@ void backward_rows_affine_s(const T* x, const T* dy, T* dx, Index S, Index strid
       unrolled<R>([&](auto k) {
         const V dv = load_as<V>(dy + k * stride + i);
         const V xc = psub(load_as<V>(x + k * stride + i), splat<V>(mu[k]));
-        const V g = G ? pmul(dv, gm) : dv;
+        const V g = G ? rounded(pmul(dv, gm)) : dv;
         acc_a[k] = padd(acc_a[k], g);
-        acc_b[k] = pmadd(g, xc, acc_b[k]);
-        dg = pmadd(pmul(dv, xc), splat<V>(r[k]), dg);
+        acc_b[k] = madd(g, xc, acc_b[k]);
+        dg = madd(pmul(dv, xc), splat<V>(r[k]), dg);
         db = padd(db, dv);
       });
       if (dgamma) store_as(dgamma + i, padd(load_as<V>(dgamma + i), dg));
@@ -97,8 +97,8 @@ void backward_rows_affine_s(const T* x, const T* dy, T* dx, Index S, Index strid
             prefetch(x + o + ahead + s);
             prefetch(dy + o + ahead + s);
           }
-          const V g = G ? pmul(dv, load_as<V>(gamma + s)) : dv;
-          return pmadd(padd(g, splat<V>(v)), splat<V>(rk), pmul(psub(xv, splat<V>(m)), splat<V>(k1)));
+          const V g = G ? rounded(pmul(dv, load_as<V>(gamma + s))) : dv;
+          return madd(padd(g, splat<V>(v)), splat<V>(rk), pmul(psub(xv, splat<V>(m)), splat<V>(k1)));
         }, stream);
       });
     };
@@ -144,10 +144,10 @@ void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lane
       auto lane_step = [&](auto xv, auto dv, Index t, auto& acc_g, auto& acc_b) {
         using V = std::decay_t<decltype(xv)>;
         const V xc = Centered ? psub(xv, load_as<V>(mean + t)) : xv;
-        const V g = pmul(splat<V>(gs), dv);
+        const V g = rounded(pmul(splat<V>(gs), dv));
         store_as(c1 + t, padd(load_as<V>(c1 + t), g));
-        store_as(c2 + t, pmadd(g, xc, load_as<V>(c2 + t)));
-        acc_g = pmadd(pmul(dv, xc), load_as<V>(rstd + t), acc_g);
+        store_as(c2 + t, madd(g, xc, load_as<V>(c2 + t)));
+        acc_g = madd(pmul(dv, xc), load_as<V>(rstd + t), acc_g);
         acc_b = padd(acc_b, dv);
       };
       Index t = 0;
@@ -173,7 +173,7 @@ void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lane
       map2_run(x + o, dy + o, dx + o, lanes, [=](auto xv, auto dv, Index t) {
         using V = decltype(xv);
         const V xc = Centered ? psub(xv, load_as<V>(mean + t)) : xv;
-        return pmadd(padd(pmul(splat<V>(gs), dv), load_as<V>(c1 + t)), load_as<V>(rstd + t),
+        return madd(padd(rounded(pmul(splat<V>(gs), dv)), load_as<V>(c1 + t)), load_as<V>(rstd + t),
                      pmul(xc, load_as<V>(c2 + t)));
       }, stream);
     }
@@ -207,7 +207,7 @@ void backward_reduce_block(const T* x, const T* dy, const Block& b, const T* mea
             [m](const auto& xd, auto& acc_a, auto& acc_b, auto) {
               using V = std::decay_t<decltype(xd.first)>;
               acc_a = padd(acc_a, xd.second);
-              acc_b = pmadd(xd.second, psub(xd.first, splat<V>(m)), acc_b);
+              acc_b = madd(xd.second, psub(xd.first, splat<V>(m)), acc_b);
             },
             &ra, &rb);
         sa += ra;
@@ -225,7 +225,7 @@ void backward_reduce_block(const T* x, const T* dy, const Block& b, const T* mea
         const V mt = load_as<V>(mean + t);
         return [mt](V xv, V dv, V& acc_a, V& acc_b) {
           acc_a = padd(acc_a, dv);
-          acc_b = pmadd(dv, psub(xv, mt), acc_b);
+          acc_b = madd(dv, psub(xv, mt), acc_b);
         };
       },
       sum_dy, sum_dyxc);
@@ -254,7 +254,7 @@ void backward_reduce_rows(const T* x, const T* dy, Index S, Index stride, const 
         [&m](const auto& xd, auto& acc_a, auto& acc_b, auto k) {
           using V = std::decay_t<decltype(xd.first)>;
           acc_a = padd(acc_a, xd.second);
-          acc_b = pmadd(xd.second, psub(xd.first, splat<V>(m[k])), acc_b);
+          acc_b = madd(xd.second, psub(xd.first, splat<V>(m[k])), acc_b);
         },
         sum_dy + k0, sum_dyxc + k0);
   });
@@ -276,8 +276,8 @@ void backward_apply_rows(const T* x, const T* dy, T* dx, Index S, Index stride, 
         [=](int, auto k, Index s, auto as) {  // by value: stores to dx cannot alias them
           using V = decltype(as);
           const V dv = load_as<V>(dy + k * stride + s), xv = load_as<V>(x + k * stride + s);
-          const V g = U ? pmul(dv, splat<V>(uk[k])) : dv;
-          return pmadd(padd(g, splat<V>(vk[k])), splat<V>(wk[k]),
+          const V g = U ? rounded(pmul(dv, splat<V>(uk[k]))) : dv;
+          return madd(padd(g, splat<V>(vk[k])), splat<V>(wk[k]),
                        pmul(psub(xv, splat<V>(m[k])), splat<V>(zk[k])));
         });
   });
@@ -303,8 +303,8 @@ void backward_run_per_lane(const T* x, const T* dy, T* dx, Index n, T mean, cons
     constexpr bool U = decltype(has_u)::value;
     map2_run(x, dy, dx, n, [=](auto xv, auto dv, Index i) {
       using V = decltype(xv);
-      const V g = U ? pmul(dv, load_as<V>(u + i)) : dv;
-      return pmadd(padd(g, splat<V>(v)), splat<V>(w), pmul(psub(xv, splat<V>(mean)), splat<V>(z)));
+      const V g = U ? rounded(pmul(dv, load_as<V>(u + i))) : dv;
+      return madd(padd(g, splat<V>(v)), splat<V>(w), pmul(psub(xv, splat<V>(mean)), splat<V>(z)));
     }, stream);
   });
 }
@@ -326,8 +326,8 @@ void backward_apply_block(const T* x, const T* dy, T* dx, const Block& b, const 
         x, dy, dx, b,
         [=](auto xv, auto dv) {
           using V = decltype(xv);
-          const V g = U ? pmul(dv, splat<V>(u0)) : dv;
-          return pmadd(padd(g, splat<V>(v0)), splat<V>(w0),
+          const V g = U ? rounded(pmul(dv, splat<V>(u0))) : dv;
+          return madd(padd(g, splat<V>(v0)), splat<V>(w0),
                        pmul(psub(xv, splat<V>(m)), splat<V>(z0)));
         },
         [=](Index t, auto as) {
@@ -337,10 +337,10 @@ void backward_apply_block(const T* x, const T* dy, T* dx, const Block& b, const 
           if constexpr (U) {
             const V ut = load_as<V>(u + t);
             return [=](V xv, V dv) {
-              return pmadd(padd(pmul(dv, ut), vt), wt, pmul(psub(xv, mt), zt));
+              return madd(padd(rounded(pmul(dv, ut)), vt), wt, pmul(psub(xv, mt), zt));
             };
           } else {
-            return [=](V xv, V dv) { return pmadd(padd(dv, vt), wt, pmul(psub(xv, mt), zt)); };
+            return [=](V xv, V dv) { return madd(padd(dv, vt), wt, pmul(psub(xv, mt), zt)); };
           }
         },
         packet_aligned<T>(mean, v, w, z) && (!U || packet_aligned<T>(u)), ahead);

@@ -32,8 +32,8 @@ void merge_moments(T count_a, V& mean_a, V& m2_a, T count_b, V mean_b, V m2_b) {
   const T count = count_a + count_b;
   if (count_b == T(0)) return;
   const V delta = psub(mean_b, mean_a);
-  mean_a = pmadd(delta, splat<V>(count_b / count), mean_a);
-  m2_a = padd(m2_a, pmadd(pmul(delta, delta), splat<V>(count_a * count_b / count), m2_b));
+  mean_a = madd(delta, splat<V>(count_b / count), mean_a);
+  m2_a = padd(m2_a, madd(pmul(delta, delta), splat<V>(count_a * count_b / count), m2_b));
 }
 
 // merge_moments of `lanes` statistics side by side: (mean_b, m2_b)[t], from
@@ -68,7 +68,7 @@ void merge_equal_moments(Index D, T count, const T* m, const T* m2, Index stride
     const T between = sum_run(m, D, [mu = mean](auto acc, auto v) {
       using V = decltype(v);
       const V d = psub(v, splat<V>(mu));
-      return pmadd(d, d, acc);
+      return madd(d, d, acc);
     });
     M2 = sum_values(m2, D) + count * between;
     return;
@@ -93,7 +93,7 @@ inline V square_term(const V& acc, const V& v, const S& mu) {
   } else {
     d = psub(v, splat<V>(mu));
   }
-  return pmadd(d, d, acc);
+  return madd(d, d, acc);
 }
 
 // Contiguous values take one pass of shifted sums, s1 = sum (x - K) and
@@ -120,14 +120,14 @@ inline void shifted_terms(const V& v, V& s1, V& s2, const S& shift) {
     d = psub(v, splat<V>(shift));
   }
   s1 = accumulate(s1, d);  // an add, on the FMA pipes (see accumulate)
-  s2 = pmadd(d, d, s2);
+  s2 = madd(d, d, s2);
 }
 // mean and M2 from the shifted sums; false if M2 needs the centered pass.
 template <typename T>
 bool moments_from_shifted(T shift, T s1, T s2, Index n, T& mean, T& m2) {
   const T d = s1 / static_cast<T>(n);
   mean = shift + d;
-  m2 = s2 - s1 * d;
+  m2 = madd(-s1, d, s2);  // s2 - s1 * d, the product unrounded (see madd)
   return s2 <= T(4) * m2;  // also false for NaN
 }
 
@@ -221,7 +221,7 @@ void short_rows_moments(const T* x, Index stride, Index S, Index rows, T* mean, 
   const P s2 = padd(predux_each<T>(sums_b), load(tail_b));
   const P d = Eigen::internal::pdiv(s1, splat<P>(static_cast<T>(S)));
   store(mean, padd(load(shift), d));
-  const P M2 = psub(s2, pmul(s1, d));
+  const P M2 = madd(pnegate(s1), d, s2);
   store(m2, M2);
   if (predux_any(pcmp_lt_or_nan(pmul(splat<P>(T(4)), M2), s2))) {
     store(tail_b, s2);
@@ -432,7 +432,7 @@ void block_moments(const T* x, const Block& b, T* mean, T* m2, Ride ride = {}) {
         unrolled<K>([&](auto i) {
           const V s1 = mu[i], s2 = ss[i], d = pmul(s1, inv_n);
           mu[i] = padd(shift[i], d);
-          ss[i] = psub(s2, pmul(s1, d));
+          ss[i] = madd(pnegate(s1), d, s2);
           if (count == 0) cancels |= predux_any(pcmp_lt_or_nan(pmul(splat<V>(T(4)), ss[i]), s2));
         });
         if (cancels) {

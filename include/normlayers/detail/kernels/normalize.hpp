@@ -43,9 +43,10 @@ void normalize_rows_affine_s(const T* x, T* y, Index S, Index stride, bool strea
         [=](const auto& gb, auto k, Index s, auto as) {
           using V = decltype(as);
           if constexpr (PrefetchNext && !std::is_same_v<V, T>) prefetch(x + k * stride + s + ahead);
-          V out = pmul(psub(load_as<V>(x + k * stride + s), splat<V>(mu[k])), splat<V>(r[k]));
-          if constexpr (G) out = pmul(out, gb.first);
-          if constexpr (B) out = padd(out, gb.second);
+          const V out = pmul(psub(load_as<V>(x + k * stride + s), splat<V>(mu[k])), splat<V>(r[k]));
+          if constexpr (G && B) return madd(out, gb.first, gb.second);
+          if constexpr (G) return pmul(out, gb.first);
+          if constexpr (B) return padd(out, gb.second);
           return out;
         });
   });
@@ -66,7 +67,7 @@ void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, Index stri
       const T g = G ? static_cast<T>(gamma[s]) : T(1), b = B ? static_cast<T>(beta[s]) : T(0);
       map_run(x + s * stride, y + s * stride, lanes, [=](auto v, Index t) {
         using V = decltype(v);
-        return pmadd(pmul(psub(v, load_as<V>(mean + t)), load_as<V>(rstd + t)), splat<V>(g),
+        return madd(pmul(psub(v, load_as<V>(mean + t)), load_as<V>(rstd + t)), splat<V>(g),
                      splat<V>(b));
       }, stream);
     }
@@ -82,7 +83,7 @@ template <typename T>
 auto per_stat_apply_at(const T* x, T* y, bool stream, T mean, T scale, T shift) {
   return [=](Index o, auto as) {
     using V = decltype(as);
-    const V v = pmadd(psub(load_as<V>(x + o), splat<V>(mean)), splat<V>(scale), splat<V>(shift));
+    const V v = madd(psub(load_as<V>(x + o), splat<V>(mean)), splat<V>(scale), splat<V>(shift));
     if constexpr (!std::is_same_v<V, T>) {
       if (stream && reinterpret_cast<std::uintptr_t>(y + o) % sizeof(V) == 0)
         return store_streaming(y + o, v);
@@ -98,7 +99,7 @@ auto per_stat_lane_map(const T* mean, const T* scale, const T* shift) {
   return [=](Index t, auto as) {
     using V = decltype(as);
     const V mt = load_as<V>(mean + t), st = load_as<V>(scale + t), ht = load_as<V>(shift + t);
-    return [=](V v) { return pmadd(psub(v, mt), st, ht); };
+    return [=](V v) { return madd(psub(v, mt), st, ht); };
   };
 }
 
@@ -133,7 +134,7 @@ void normalize_rows_per_stat(const T* x, T* y, Index S, Index stride, bool strea
       y, stride, S, stream, [](Index, auto) { return 0; },
       [=](int, auto k, Index s, auto as) {  // by value: stores to y cannot alias them
         using V = decltype(as);
-        return pmadd(psub(load_as<V>(x + k * stride + s), splat<V>(m[k])), splat<V>(sc[k]),
+        return madd(psub(load_as<V>(x + k * stride + s), splat<V>(m[k])), splat<V>(sc[k]),
                      splat<V>(sh[k]));
       });
 }
@@ -148,7 +149,7 @@ void normalize_run_per_lane(const T* x, T* y, Index n, T mean, const T* scale, c
                             bool stream) {
   map_run(x, y, n, [=](auto v, Index i) {
     using V = decltype(v);
-    return pmadd(psub(v, splat<V>(mean)), load_as<V>(scale + i), load_as<V>(shift + i));
+    return madd(psub(v, splat<V>(mean)), load_as<V>(scale + i), load_as<V>(shift + i));
   }, stream);
 }
 
@@ -166,7 +167,7 @@ void normalize_block_per_stat(const T* x, T* y, const Block& b, const T* mean, c
   const T m = mean[0], sc = scale[0], sh = shift[0];
   const auto f = [=](auto v) {
     using V = decltype(v);
-    return pmadd(psub(v, splat<V>(m)), splat<V>(sc), splat<V>(sh));
+    return madd(psub(v, splat<V>(m)), splat<V>(sc), splat<V>(sh));
   };
   if (ahead > 0 && b.contiguous_runs() && b.Q == 1) {
     map_run(x, y, b.S, [=](auto v, Index i) {

@@ -4,9 +4,9 @@
 // Packet math for the kernels: Eigen's packet of the scalar for the ISA the
 // user compiles for (16 floats under AVX-512, 8 under AVX2, 4 under SSE; a
 // scalar where Eigen has none). The functors the kernels take are written with
-// Eigen's generic packet operations (padd, psub, pmul, pmadd, pset1), which
-// also accept plain scalars, so one functor serves the vector body and the
-// scalar tail of a loop.
+// Eigen's generic packet operations (padd, psub, pmul, pset1) and madd below
+// (for Eigen's pmadd), which also accept plain scalars, so one functor serves
+// the vector body and the scalar tail of a loop.
 
 #include <algorithm>
 #include <cmath>
@@ -30,9 +30,9 @@ namespace normlayers::detail::kernels {
 
 using Index = Eigen::Index;
 using Eigen::internal::padd;
-using Eigen::internal::pmadd;
 using Eigen::internal::pcmp_lt_or_nan;
 using Eigen::internal::pmul;
+using Eigen::internal::pnegate;
 using Eigen::internal::predux;
 using Eigen::internal::predux_any;
 using Eigen::internal::psub;
@@ -76,12 +76,56 @@ inline void store(T* p, const packet_t<T>& v) {
 
 inline constexpr Index run_block = 1024;  // values per partial sum of a contiguous run
 
+// a * b + c, rounded once where the ISA has fused multiply-adds: Eigen's
+// pmadd for packets (an FMA instruction there), std::fma for scalars (one
+// instruction there too), so that the compiler has nothing left to
+// contract. GCC contracts a * b + c by default (-ffp-contract=fast), and
+// with two products in one sum, as in the backward's apply (g + v) * w +
+// xc * z, it fused one product in some inlined copies of the same scalar
+// code and the other in others: with AVX-512, the tail values of a
+// LayerNorm row came out differently when the row was backpropagated with
+// three others than alone (a test asserts they do not). Without FMA there is
+// nothing to contract: a multiply and an add, packets and scalars alike.
+template <typename V>
+inline V madd(const V& a, const V& b, const V& c) {
+  if constexpr (std::is_arithmetic_v<V>) {
+#if defined(EIGEN_VECTORIZE_FMA) || defined(__FMA__)
+    return std::fma(a, b, c);
+#else
+    return a * b + c;
+#endif
+  } else {
+    return Eigen::internal::pmadd(a, b, c);
+  }
+}
+
 // acc + d computed as fma(d, 1, acc): the same rounding as an add (d * 1 is
 // exact), on the multiply-add units, which leaves the adders free for the
 // subtractions next to it (CPUs with separate FADD and FMA pipes run both).
 template <typename V>
 inline V accumulate(const V& acc, const V& d) {
-  return pmadd(d, splat<V>(typename Eigen::internal::unpacket_traits<V>::type(1)), acc);
+  return madd(d, splat<V>(typename Eigen::internal::unpacket_traits<V>::type(1)), acc);
+}
+
+// v itself, as a value the compiler must have computed, rounded, before
+// using it: a product passed through it is not fused into a following add.
+// For products a pass sums and another subtracts again (the backward's g =
+// dy * gamma, summed in its reduce and added to -mean(g) in its apply): both
+// must see the same rounded g, so that they cancel exactly where they
+// should (one value per statistic); GCC contracted the reduce's add of g in
+// some inlined copies of the same code and not in others (see madd). An
+// empty asm statement for GCC (and compilers that take its syntax) on x86
+// and AArch64; elsewhere v as it is (compilers that contract only within
+// one expression, as Clang and MSVC do, have nothing to fuse here).
+template <typename V>
+inline V rounded(V v) {
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__)) && \
+    defined(__SSE2_MATH__)
+  __asm__("" : "+v"(v));
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__aarch64__)
+  __asm__("" : "+w"(v));
+#endif
+  return v;
 }
 
 // f(std::integral_constant<Index, k>) for k = 0 .. K-1, unrolled.
