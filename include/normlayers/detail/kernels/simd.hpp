@@ -5,8 +5,8 @@
 // user compiles for (16 floats under AVX-512, 8 under AVX2, 4 under SSE; a
 // scalar where Eigen has none). The functors the kernels take are written with
 // Eigen's generic packet operations (padd, psub, pmul, pset1) and madd below
-// (for Eigen's pmadd), which also accept plain scalars, so one functor serves
-// the vector body and the scalar tail of a loop.
+// (in place of Eigen's pmadd), which also accept plain scalars, so one functor
+// serves the vector body and the scalar tail of a loop.
 
 #include <algorithm>
 #include <cmath>
@@ -78,14 +78,12 @@ inline constexpr Index run_block = 1024;  // values per partial sum of a contigu
 
 // a * b + c, rounded once where the ISA has fused multiply-adds: Eigen's
 // pmadd for packets (an FMA instruction there), std::fma for scalars (one
-// instruction there too), so that the compiler has nothing left to
-// contract. GCC contracts a * b + c by default (-ffp-contract=fast), and
-// with two products in one sum, as in the backward's apply (g + v) * w +
-// xc * z, it fused one product in some inlined copies of the same scalar
-// code and the other in others: with AVX-512, the tail values of a
-// LayerNorm row came out differently when the row was backpropagated with
-// three others than alone (a test asserts they do not). Without FMA there is
-// nothing to contract: a multiply and an add, packets and scalars alike.
+// instruction there too). GCC contracts a * b + c on its own by default
+// (-ffp-contract=fast), wherever it sees fit after inlining: in (g + v) * w
+// + xc * z it may fuse either product, and not necessarily the same one in
+// every inlined copy of the code. Written as madd, the fused product is the
+// one named (see rounded for one that must not be fused). Without FMA there
+// is nothing to contract: a multiply and an add, packets and scalars alike.
 template <typename V>
 inline V madd(const V& a, const V& b, const V& c) {
   if constexpr (std::is_arithmetic_v<V>) {
