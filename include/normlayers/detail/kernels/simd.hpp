@@ -388,7 +388,12 @@ inline bool near_4k_alias(const T* in, const T* out) {
 // such stores (store_streaming is a plain store there).
 inline bool streaming_stalls_aliased_loads() {
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-  static const bool stalls = !__builtin_cpu_is("intel");
+  // (__builtin_cpu_init first: a call from a static initializer may run
+  // before the runtime's own.)
+  static const bool stalls = [] {
+    __builtin_cpu_init();
+    return !__builtin_cpu_is("intel");
+  }();
   return stalls;
 #else
   return true;
