@@ -9,15 +9,19 @@
 # median time of each build, its fraction of a memcpy of the same bytes timed
 # in between, B's speed-up over A, and whether their outputs (y, or dx for
 # bwd) and the statistics a forward saves or updates (the parameter
-# gradients, for bwd) are bitwise equal; an A/A run (". .") reads 1.00-1.02.
+# gradients, for bwd) are bitwise equal; an A/A run (". .") reads 1.00-1.02
+# (1.07-1.11 on an Intel host, favouring B: run both orders there).
 # The program runs AB_RUNS times (default 3; ~2-10 s each, after ~30 s of
 # compiling): read the spread, not one line. AB_FLAGS: more compiler flags
 # for both builds, e.g. AB_FLAGS=-DDISTANCE=2048 to sweep a constant that
 # the working tree reads from a macro while trying values.
+# Builds whose outputs stream differently bias the alternation: after one
+# streams y out of the cache, the other's plain stores to y read it from
+# memory first (seen 2-3x on an Intel host); time such pairs in separate runs.
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
-  sed -n '4,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '4,20p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
