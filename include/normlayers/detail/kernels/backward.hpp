@@ -98,7 +98,8 @@ void backward_rows_affine_s(const T* x, const T* dy, T* dx, Index S, Index strid
             prefetch(dy + o + ahead + s);
           }
           const V g = G ? rounded(pmul(dv, load_as<V>(gamma + s))) : dv;
-          return madd(padd(g, splat<V>(v)), splat<V>(rk), pmul(psub(xv, splat<V>(m)), splat<V>(k1)));
+          return madd(padd(g, splat<V>(v)), splat<V>(rk),
+                      pmul(psub(xv, splat<V>(m)), splat<V>(k1)));
         }, stream);
       });
     };
@@ -174,7 +175,7 @@ void backward_block_affine_s(const T* x, const T* dy, T* dx, Index S, Index lane
         using V = decltype(xv);
         const V xc = Centered ? psub(xv, load_as<V>(mean + t)) : xv;
         return madd(padd(rounded(pmul(splat<V>(gs), dv)), load_as<V>(c1 + t)), load_as<V>(rstd + t),
-                     pmul(xc, load_as<V>(c2 + t)));
+                    pmul(xc, load_as<V>(c2 + t)));
       }, stream);
     }
   });
@@ -278,7 +279,7 @@ void backward_apply_rows(const T* x, const T* dy, T* dx, Index S, Index stride, 
           const V dv = load_as<V>(dy + k * stride + s), xv = load_as<V>(x + k * stride + s);
           const V g = U ? rounded(pmul(dv, splat<V>(uk[k]))) : dv;
           return madd(padd(g, splat<V>(vk[k])), splat<V>(wk[k]),
-                       pmul(psub(xv, splat<V>(m[k])), splat<V>(zk[k])));
+                      pmul(psub(xv, splat<V>(m[k])), splat<V>(zk[k])));
         });
   });
 }
@@ -328,7 +329,7 @@ void backward_apply_block(const T* x, const T* dy, T* dx, const Block& b, const 
           using V = decltype(xv);
           const V g = U ? rounded(pmul(dv, splat<V>(u0))) : dv;
           return madd(padd(g, splat<V>(v0)), splat<V>(w0),
-                       pmul(psub(xv, splat<V>(m)), splat<V>(z0)));
+                      pmul(psub(xv, splat<V>(m)), splat<V>(z0)));
         },
         [=](Index t, auto as) {
           using V = decltype(as);

@@ -68,7 +68,7 @@ void normalize_block_affine_s(const T* x, T* y, Index S, Index lanes, Index stri
       map_run(x + s * stride, y + s * stride, lanes, [=](auto v, Index t) {
         using V = decltype(v);
         return madd(pmul(psub(v, load_as<V>(mean + t)), load_as<V>(rstd + t)), splat<V>(g),
-                     splat<V>(b));
+                    splat<V>(b));
       }, stream);
     }
   });
@@ -135,7 +135,7 @@ void normalize_rows_per_stat(const T* x, T* y, Index S, Index stride, bool strea
       [=](int, auto k, Index s, auto as) {  // by value: stores to y cannot alias them
         using V = decltype(as);
         return madd(psub(load_as<V>(x + k * stride + s), splat<V>(m[k])), splat<V>(sc[k]),
-                     splat<V>(sh[k]));
+                    splat<V>(sh[k]));
       });
 }
 
