@@ -286,22 +286,36 @@ TEST(GroupNormErrors, BadInputsThrowAndChangeNothing) {
 
 namespace {
 
-// A forward that reads more than 4M values streams its output; channels-last
-// rows narrow enough for one strip of vectors (here 16 channels in 4 groups,
-// one strip for SSE, AVX2 and AVX-512 alike) normalize each sample while the
-// next one is summed (pipelined). 3 samples of 300x300 (4.3M values); the
-// output aligned and one float off alignment (every row then unstreamed).
-TEST(GroupNormLarge, StreamingPipelinedForwardMatchesTheReference) {
-  const std::array<Index, 4> dims{3, 300, 300, 16};
+// A float forward of 4 groups over dims (storage order, channels at dim
+// `axis`) that reads more than 4M values, so it streams its output, against
+// the double reference, the output aligned and one float off alignment.
+void expect_streamed_forward(const std::array<Index, 4>& dims, int axis, unsigned seed) {
   const std::size_t n = std::size_t(test::numel(dims));
   ASSERT_GT(n, std::size_t(4) << 20);
-  auto gn = make_gn<float>(4, 16, {true, true}, 14);
+  const Index channels = dims[std::size_t(axis)];
+  auto gn = make_gn<float>(4, channels, {true, axis == 3}, seed);
   const auto x =
-      test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, 15, -0.5, 2.0));
+      test::make_tensor<float, Eigen::RowMajor>(dims, test::random_vec(n, seed + 1, -0.5, 2.0));
   const Vec gamma = test::to_vec(gn.weight()), beta = test::to_vec(gn.bias());
-  const auto grouping = reference::group_by_sample_and_channel(test::dims_vec(dims), 3, 4);
+  const auto grouping = reference::group_by_sample_and_channel(test::dims_vec(dims), axis, 4);
   const auto ref = reference::grouped_norm_forward(test::logical(x), grouping, gamma, beta, 1e-5);
   test::expect_forward_at_offsets(dims, [&](auto& y) { gn.forward(x, y); }, ref.y, 1e-5, 1e-5);
+}
+
+// Channels-last rows narrow enough for one strip of vectors (here 16
+// channels in 4 groups, one strip for SSE, AVX2 and AVX-512 alike) normalize
+// each sample while the next one is summed (pipelined). 3 samples of 300x300
+// (4.3M values); off alignment every row is unstreamed.
+TEST(GroupNormLarge, StreamingPipelinedForwardMatchesTheReference) {
+  expect_streamed_forward({3, 300, 300, 16}, 3, 14);
+}
+
+// Channels-first groups of long channels (at least 1024 values) are summed
+// while the previous group is normalized in the same sweep: 2 samples of 16
+// channels of 363x363 (4.2M values); the channels' runs (an odd number of
+// values) start at every alignment.
+TEST(GroupNormLarge, StreamingRidingForwardMatchesTheReference) {
+  expect_streamed_forward({2, 16, 363, 363}, 1, 16);
 }
 
 // A pass that reads more than 4M values writes with streaming stores, so a

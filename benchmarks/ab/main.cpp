@@ -89,6 +89,7 @@ const std::map<std::string, Shape> shapes = {
     {"gn_r50_nhwc", {"gn", true, {32, 7, 7, 2048}}},
     {"gn_28", {"gn", false, {32, 256, 28, 28}}},
     {"gn_big", {"gn", false, {8, 320, 128, 128}}},
+    {"gn_16", {"gn", false, {16, 640, 16, 16}}},  // a UNet's 16x16 level
     {"bn_14", {"bn", false, {32, 1024, 14, 14}}},
     {"bn_14s", {"bn", false, {32, 512, 14, 14}}},
     {"bn_r50s", {"bn", false, {16, 2048, 7, 7}}},

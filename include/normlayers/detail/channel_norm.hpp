@@ -484,8 +484,9 @@ void channel_norm_forward(const View& v, const Parallel& par, const T* x, T* y, 
                 ? kernels::runs_shifted_sums(x + o, b, kernels::nothing_else, next)
                 : kernels::runs_shifted_sums(
                       x + o, b,
-                      kernels::per_stat_apply_at(x + offset(block - 1), y + offset(block - 1),
-                                                 b.stream, mean, affine.first, affine.second),
+                      kernels::in_every_run(kernels::per_stat_apply_at(
+                          x + offset(block - 1), y + offset(block - 1), b.stream, mean,
+                          affine.first, affine.second)),
                       next);
         kernels::runs_moments(x + o, b, sums, &mean, &m2);
         affine = finish(block, mean, m2 / static_cast<Acc>(b.reduced()));

@@ -188,6 +188,13 @@ inline bool groups_are_contiguous(const GroupGeometry& g) {
 }
 
 inline constexpr Index small_group_values = 1024;
+// Channels of at least this many values ride each group's output along the
+// next group's sums (see group_norm_forward_riding). Measured, AVX-512,
+// Intel host, benchmarks/ab, both orders: 8x320x32x32 1.08-1.16x, 2x320x64x64
+// 1.10-1.18x (AVX2 build 1.16-1.22x), 8x320x128x128 1.17-1.21x; channels of
+// 784 values (32x256x28x28) level (0.90-1.10x), of 256 (16x640x16x16)
+// 0.97-0.99x, hence the limit.
+inline constexpr Index ride_channel_values = 1024;
 inline constexpr Index group_rows_limit = 128;  // see group_norm_backward_fused
 
 // The end of group gs's forward statistics from its moments (gm, gm2):
@@ -210,6 +217,50 @@ struct FinishGroup {
     }
   }
 };
+
+// Channels-first GroupNorm with channels of at least ride_channel_values
+// values: each group's moments are summed (its D channels as the runs of
+// one block) while the previous group, now in cache, is normalized in the
+// same sweep, as channels-first BatchNorm does, so the reads of one group
+// from memory overlap the writes of the other; the last group of a range is
+// normalized on its own. A group's moments do not depend on what rides
+// along, nor its output on which of the two normalized it.
+template <typename T, typename P, typename Acc>
+void group_norm_forward_riding(const GroupGeometry& g, const Parallel& par, const T* x, T* y,
+                               const FinishGroup<P, Acc>& finish, bool stream) {
+  const Index hw = g.inst.count, D = g.group_size, size = D * hw;
+  const kernels::Block channels{D, hw, 1, hw, 1, stream}, run{1, hw, 1, 0, 1, stream};
+  par.for_ranges(g.num_group_stats(), pass_bytes(size, 1), [&](Index first, Index last) {
+    // scale and shift of the group being summed, then of the one riding along.
+    aligned_vector<Acc> scale(std::size_t(2 * D)), shift(scale.size());
+    Acc* scales[2] = {scale.data(), scale.data() + D};
+    Acc* shifts[2] = {shift.data(), shift.data() + D};
+    Acc mean = 0, m2 = 0;
+    for (Index gs = first; gs < last; ++gs) {
+      const T* xg = x + gs * size;
+      const Index next = gs + 1 < last ? size : -1;
+      const auto sums =
+          gs == first
+              ? kernels::runs_shifted_sums(xg, channels, kernels::nothing_else, next)
+              : kernels::runs_shifted_sums(
+                    xg, channels,
+                    [xp = xg - size, yp = y + (gs - 1) * size, stream, mean, sc = scales[1],
+                     sh = shifts[1]](Index d) {
+                      return kernels::per_stat_apply_at(xp, yp, stream, mean, sc[d], sh[d]);
+                    },
+                    next);
+      kernels::runs_moments(xg, channels, sums, &mean, &m2);
+      finish(gs, mean, m2, scales[0], shifts[0]);
+      std::swap(scales[0], scales[1]);
+      std::swap(shifts[0], shifts[1]);
+    }
+    for (Index d = 0; d < D; ++d) {
+      const Index o = (last - 1) * size + d * hw;
+      kernels::normalize_block_per_stat(x + o, y + o, run, &mean, scales[1] + d, shifts[1] + d);
+    }
+    if (stream) kernels::streaming_fence();
+  });
+}
 
 template <typename T, typename P, typename Acc>
 void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const T* x, T* y,
@@ -239,6 +290,10 @@ void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const
   // limit.
   const bool small_groups = D * hw < small_group_values;
   const bool lanes = hw == 1;
+  if (!small_groups && hw >= ride_channel_values) {
+    group_norm_forward_riding(g, par, x, y, finish, stream);
+    return;
+  }
   par.for_ranges(g.num_group_stats(), pass_bytes(D * hw, 1), [&](Index first, Index last) {
     aligned_vector<Acc> scale(static_cast<std::size_t>(D)), shift(scale.size());
     kernels::for_each_row_moments<true>(x, D * hw, D * hw, first, last, small_groups,
@@ -256,10 +311,10 @@ void group_norm_forward_fused(const GroupGeometry& g, const Parallel& par, const
           // The apply, which reads the group back from L2, prefetches the
           // next group meanwhile: its moments then read it from cache, not
           // from L3 (measured, bench, 5 alternating runs, 1 thread:
-          // 8x320x32x32 415 -> 372 us, 2x320x64x64 405 -> 348 us). Riding
-          // the apply along the next group's moments instead (a run per
-          // channel, as channels-first BatchNorm does) was slower:
-          // benchmarks/ab, 8x320x32x32, 0.80-1.0x, 0.97x with prefetches.
+          // 8x320x32x32 415 -> 372 us, 2x320x64x64 405 -> 348 us, on an
+          // AMD host, where riding the apply along the next group's moments
+          // was 0.80-1.0x at 8x320x32x32; on an Intel host that ride is
+          // faster for long channels: see ride_channel_values).
           kernels::normalize_block_per_stat(x + o, y + o, run, &gm, scale.data() + d,
                                             shift.data() + d, gs + 1 < last ? D * hw : 0);
         }

@@ -286,9 +286,10 @@ void rstd_from_m2(T* m2, Index n, T count, T eps) {
 }
 
 // The moments of a block of contiguous runs in two steps, so that a sweep
-// over another block can ride along the read (see channel_norm_forward):
-// runs_shifted_sums reads the block once, calling also(o, as) at every
-// offset o of the block as it passes it (a packet or, in tails, a scalar
+// over another block can ride along the read (see channel_norm_forward,
+// group_norm_forward_fused): runs_shifted_sums reads the block once; before
+// run q it takes the functor also(q) and calls it with every offset o of
+// the block the run passes (o, as) (a packet or, in tails, a scalar
 // position: the type of `as`), prefetching along its runs and, from the
 // last, into the block at offset `next` (-1: none; see with_runs_ahead);
 // runs_moments finishes the moments from the sums (with the centered pass
@@ -305,7 +306,7 @@ ShiftedSums<T> runs_shifted_sums(const T* x, const Block& b, Also also, Index ne
     for (Index q = 0; q < b.Q; ++q) {
       T a, c;
       const Index o = q * b.q_stride;
-      // `also` by value: held by reference (the caller's copy, whose address
+      // also(q) by value: held by reference (the caller's copy, whose address
       // this call hands on), its pointers and constants were loaded again
       // after every store it made, a store through a packet type being
       // allowed to alias anything (measured, AVX-512, channels-first
@@ -313,9 +314,9 @@ ShiftedSums<T> runs_shifted_sums(const T* x, const Block& b, Also also, Index ne
       // interleaved: 1.06-1.19x as fast, median 1.08x).
       sum2_rows_with<1>(
           b.S,
-          [x, p = x + o, o, run = ahead.run(q), also](auto, Index i, auto as) {
+          [x, p = x + o, o, run = ahead.run(q), at = also(q)](auto, Index i, auto as) {
             if constexpr (!std::is_same_v<decltype(as), T>) run.fetch(x, i);
-            also(o + i, as);
+            at(o + i, as);
             return load_as<decltype(as)>(p + i);
           },
           [shift = sums.shift](const auto& v, auto& sa, auto& sb, auto) {
@@ -341,8 +342,13 @@ void runs_moments(const T* x, const Block& b, const ShiftedSums<T>& sums, T* mea
   if (!moments_from_shifted(sums.shift, sums.s1, sums.s2, b.reduced(), mean[0], m2[0]))
     m2[0] = runs_squares(x, b, mean[0]);
 }
+// The `also` of runs_shifted_sums that calls f(o, as) in every run.
+template <typename F>
+constexpr auto in_every_run(F f) {
+  return [f](Index) { return f; };
+}
 // The `also` of a sweep that has nothing riding along.
-inline constexpr auto nothing_else = [](Index, auto) {};
+inline constexpr auto nothing_else = in_every_run([](Index, auto) {});
 
 // Rows whose mean K shifts a block's first chunk of lanes (see
 // block_moments). Whatever the data, M2 >= m (K - mean)^2 over the chunk's
